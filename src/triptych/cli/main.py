@@ -1,0 +1,67 @@
+"""``triptych`` entry point: parses arguments, dispatches to a sub-command, turns user errors
+into one line on stderr and a non-zero exit code."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from triptych import __version__
+from triptych.errors import TriptychError
+
+# Each sub-command lives in triptych.cli.<name> and exposes
+# ``register(subparsers) -> argparse.ArgumentParser`` and ``execute(args) -> int``.
+# Modules are imported lazily so that ``triptych report`` never pays for TensorFlow.
+COMMANDS: dict[str, str] = {
+    "run": "Train and evaluate every experiment of a YAML config, then write the report.",
+    "report": "Build report.html from saved run directories (no retraining, no TensorFlow).",
+}
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="triptych",
+        description=(
+            "Train, fine-tune and compare image classifiers side by side "
+            "(ResNet from scratch, Xception and DenseNet-121 fine-tuned), and report honestly "
+            "which one is better and why."
+        ),
+        epilog="Run 'triptych COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"triptych {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, summary in COMMANDS.items():
+        module = _command_module(name)
+        sub = module.register(subparsers, name, summary)
+        sub.set_defaults(_execute=module.execute)
+    return parser
+
+
+def _command_module(name: str):
+    return importlib.import_module(f"triptych.cli.{name.replace('-', '_')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter off the terminal
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_execute", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(args._execute(args) or 0)
+    except TriptychError as err:
+        print(f"triptych {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"triptych {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""Experiment configs: YAML in, typed and validated objects out.
+
+Every mistake (unknown key, wrong type, bad value) becomes one line naming the key and
+what is allowed, raised as :class:`TriptychError`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from triptych.errors import TriptychError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AugmentConfig(_Strict):
+    crop_padding: int = Field(0, ge=0, description="zero-pad by this many pixels, then random-crop back")
+    flip: bool = Field(False, description="random horizontal flip")
+
+
+class DataConfig(_Strict):
+    dataset: Literal["cifar10", "folder"] = "cifar10"
+    path: str | None = Field(None, description="image folder (one subfolder per class) when dataset is 'folder'")
+    image_size: int | None = Field(None, ge=8, le=1024, description="square input size; default: the model's native size")
+    train_per_class: int | None = Field(None, ge=1, description="stratified subset of the training data")
+    test_per_class: int | None = Field(None, ge=1, description="stratified subset of the test data")
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="for folders without a test/ split")
+    batch_size: int = Field(64, ge=1)
+    augment: AugmentConfig = AugmentConfig()
+    cache: bool | None = Field(None, description="keep decoded images in RAM; default: when they fit 1 GiB")
+
+    @model_validator(mode="after")
+    def _folder_needs_path(self) -> DataConfig:
+        if self.dataset == "folder" and not self.path:
+            raise ValueError("data.path is required when data.dataset is 'folder'")
+        return self
+
+
+class ModelConfig(_Strict):
+    name: str = "resnet50"
+    weights: str | None = Field(None, description="null (random), 'imagenet', or a weights file path")
+    options: dict[str, Any] = Field(default_factory=dict, description="architecture options, e.g. stem, dropout")
+
+
+class EarlyStoppingConfig(_Strict):
+    patience: int = Field(5, ge=1)
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
+    learning_rate: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    step_epochs: list[int] = Field(default_factory=list, description="epochs where the 'step' schedule divides the LR by 10")
+    warmup_epochs: float = Field(0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    early_stopping: EarlyStoppingConfig | None = None
+    tensorboard: bool = False
+
+
+class ExperimentConfig(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="also the run subdirectory name")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    training: TrainingConfig = TrainingConfig()
+
+
+class Config(_Strict):
+    seed: int = 0
+    title: str = "triptych comparison"
+    experiments: list[ExperimentConfig] = Field(..., min_length=1)
+
+    @field_validator("experiments")
+    @classmethod
+    def _unique_names(cls, experiments: list[ExperimentConfig]) -> list[ExperimentConfig]:
+        names = [e.name for e in experiments]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"experiment names must be unique; repeated: {', '.join(duplicates)}")
+        return experiments
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``key=value`` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise TriptychError(f"config file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise TriptychError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
+    if not isinstance(raw, dict):
+        raise TriptychError(f"{path}: expected a mapping with 'experiments', got {type(raw).__name__}")
+    for override in overrides or []:
+        raw = apply_override(raw, override)
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise TriptychError(f"{source}: {_describe(err)}") from None
+
+
+def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
+    """``training.epochs=1`` sets the key in every experiment; ``seed=3`` sets a top-level key;
+    ``experiments.0.training.epochs=1`` one experiment. Values are parsed as YAML."""
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise TriptychError(f"--set {override!r}: expected key=value, e.g. training.epochs=2")
+    parsed = yaml.safe_load(value) if value else None
+    parts = key.split(".")
+    raw = copy.deepcopy(raw)
+    if parts[0] in Config.model_fields:
+        _set_path(raw, parts, parsed, override)
+    else:
+        for experiment in raw.get("experiments") or []:
+            _set_path(experiment, parts, parsed, override)
+    return raw
+
+
+def _set_path(target: Any, parts: list[str], value: Any, override: str) -> None:
+    for part in parts[:-1]:
+        if isinstance(target, list) and part.isdigit() and int(part) < len(target):
+            target = target[int(part)]
+        elif isinstance(target, dict):
+            target = target.setdefault(part, {})
+        else:
+            raise TriptychError(f"--set {override!r}: {part!r} does not name a section")
+        if target is None:
+            raise TriptychError(f"--set {override!r}: {part!r} is empty")
+    if not isinstance(target, dict):
+        raise TriptychError(f"--set {override!r}: cannot set {parts[-1]!r} there")
+    target[parts[-1]] = value
+
+
+def _describe(err: ValidationError) -> str:
+    """The first validation problem as one line: where, what, what is allowed."""
+    # An unknown key usually explains the other errors (e.g. a misspelt required key).
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
+    where = _location(first["loc"])
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_keys(first["loc"])
+        return f"unknown key {where!r}" + (f"; allowed keys here: {', '.join(allowed)}" if allowed else "")
+    message = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    got_text = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+    more = f" [and {len(errors) - 1} more problem(s)]" if len(errors) > 1 else ""
+    return f"{where or 'config'}: {message}{got_text}{more}"
+
+
+def _location(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation
+        inner = getattr(annotation, "__args__", (annotation,))
+        model = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def to_yaml(obj: BaseModel) -> str:
+    return yaml.safe_dump(obj.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,110 @@
+"""tf.data input pipelines: decode, resize, cache, shuffle, augment, normalise, batch, prefetch.
+
+Images are decoded in parallel from disk (or sliced from in-memory arrays). Decoded,
+resized images are cached in memory when they fit a budget, so that later epochs skip
+the JPEG decode; large datasets keep streaming from disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from triptych.data.sources import Examples
+
+AUTOTUNE = tf.data.AUTOTUNE
+CACHE_BUDGET_BYTES = 1 << 30  # decoded float32 images kept in RAM at most (1 GiB)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation; ``crop_padding`` pixels of zero padding then a random crop."""
+
+    crop_padding: int = 0
+    flip: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop_padding > 0 or self.flip
+
+
+def make_dataset(
+    examples: Examples,
+    num_classes: int,
+    image_size: int,
+    batch_size: int,
+    preprocess: Callable,
+    *,
+    training: bool,
+    seed: int,
+    augment: Augment = Augment(),
+    cache: bool | None = None,
+) -> tf.data.Dataset:
+    """Batches of ``(preprocessed float32 images, one-hot float32 labels)``.
+
+    ``cache=None`` caches decoded images in memory when they fit ``CACHE_BUDGET_BYTES``.
+    Evaluation datasets keep their order (predictions line up with ``examples.ids``).
+    """
+    if cache is None:
+        cache = len(examples) * image_size * image_size * 3 * 4 <= CACHE_BUDGET_BYTES
+    labels = tf.one_hot(examples.labels, num_classes, dtype=tf.float32)
+    if examples.is_files:
+        ds = tf.data.Dataset.from_tensor_slices((examples.ids.astype(str), labels))
+        load = _load_file
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((examples.images, labels))
+        load = _load_array
+    if training and not cache:
+        # Shuffle cheap file names before the expensive decode.
+        ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(lambda x, y: (_resize(load(x), image_size), y), num_parallel_calls=AUTOTUNE)
+    if cache:
+        ds = ds.cache()
+        if training:
+            ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+    if training and augment.enabled:
+        ds = ds.map(lambda x, y: (_augment(x, image_size, augment, seed), y), num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=False)
+    ds = ds.map(lambda x, y: (preprocess(x), y), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def decode_image(data: tf.Tensor) -> tf.Tensor:
+    """JPEG/PNG/BMP/GIF bytes -> uint8 RGB (greyscale is expanded, alpha dropped)."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _load_file(path: tf.Tensor) -> tf.Tensor:
+    return decode_image(tf.io.read_file(path))
+
+
+def _load_array(image: tf.Tensor) -> tf.Tensor:
+    return image
+
+
+def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
+    image = tf.cast(image, tf.float32)
+    shape = tf.shape(image)
+    # Skip the resize (and its blur) when the image is already the target size (CIFAR at 32).
+    return tf.cond(
+        tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size)),
+        lambda: tf.ensure_shape(image, [size, size, 3]),
+        lambda: tf.ensure_shape(tf.image.resize(image, [size, size], antialias=True), [size, size, 3]),
+    )
+
+
+def _augment(image: tf.Tensor, size: int, augment: Augment, seed: int) -> tf.Tensor:
+    if augment.crop_padding > 0:
+        padded = size + 2 * augment.crop_padding
+        image = tf.image.resize_with_crop_or_pad(image, padded, padded)
+        image = tf.image.random_crop(image, [size, size, 3], seed=seed)
+    if augment.flip:
+        image = tf.image.random_flip_left_right(image, seed=seed)
+    return image
+
+
