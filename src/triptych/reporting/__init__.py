@@ -1,0 +1,5 @@
+"""Figures and the HTML report, built from saved run directories (no TensorFlow, no retraining)."""
+
+from triptych.reporting.report import build_report
+
+__all__ = ["build_report"]

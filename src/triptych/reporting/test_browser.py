@@ -1,0 +1,82 @@
+"""Open the report in headless Chromium the way a person would, and keep a screenshot.
+
+Uses Debian's ``chromium`` package through Playwright (no Playwright browser download). Without
+``/usr/bin/chromium`` the test is skipped on a workstation but fails on CI (``CI=true``), so a CI
+image that forgot the package cannot pass silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from triptych.evaluation.synthetic import ART_CLASSES, write_synthetic_run
+from triptych.reporting import build_report
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+MODELS = {"resnet50_scratch": ("resnet50", 1.0), "xception_ft": ("xception", 2.2)}
+FAILED = ("densenet121_ft", "densenet121", "CUDA out of memory")
+
+
+def _require_browser() -> None:
+    on_ci = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+    missing = None
+    if not CHROMIUM.exists():
+        missing = f"{CHROMIUM} not found (apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            missing = "the playwright Python package is not installed"
+    if missing:
+        (pytest.fail if on_ci else pytest.skip)(missing)
+
+
+@pytest.mark.browser
+def test_report_looks_right_in_chromium(tmp_path):
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    for name, (model, skill) in MODELS.items():
+        write_synthetic_run(tmp_path, name, model=model, skill=skill, seed=len(name), n_test=300, epochs=5)
+    write_synthetic_run(tmp_path, FAILED[0], model=FAILED[1], status="failed", manifest={"reason": FAILED[2]})
+    report = build_report([tmp_path], tmp_path / "report.html", title="Art style classifiers")
+
+    console_errors: list[str] = []
+    requests: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
+            page.on("pageerror", lambda err: console_errors.append(str(err)))
+            page.on("request", lambda req: requests.append(req.url))
+            page.goto(report.as_uri(), wait_until="load")
+            images = page.evaluate("Array.from(document.images, i => [i.alt, i.complete, i.naturalWidth])")
+            tables = "\n".join(page.locator("table").all_inner_texts())
+            overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            shot = tmp_path / "report.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+
+    if os.environ.get("TRIPTYCH_SCREENSHOT_DIR"):
+        target = Path(os.environ["TRIPTYCH_SCREENSHOT_DIR"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, target / "report.png")
+
+    assert console_errors == []
+    assert all(url.startswith(("file:", "data:")) for url in requests), requests  # nothing from the network
+    assert len(images) == len(MODELS) * 7 + 2
+    assert all(complete and width > 0 for _, complete, width in images), [alt for alt, _, w in images if not w]
+    for name in [*ART_CLASSES, *(m for m, _ in MODELS.values()), *MODELS, *FAILED]:
+        assert name in tables, name
+    assert overflow <= 0, "the page scrolls sideways at 1400 px"
+    assert shot.stat().st_size > 50_000
