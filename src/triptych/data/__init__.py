@@ -1,18 +1,11 @@
-"""Datasets (CIFAR-10, image folders), splits and tf.data pipelines.
+"""Datasets and input pipelines.
 
-``triptych.data.sources`` and ``splits`` do not import TensorFlow; ``pipeline`` does.
+- ``sources``: CIFAR-10 (mirror folder or keras.datasets) and class-per-subfolder folders
+- ``splits``: stratified, seeded subsets and train/val/test splits
+- ``pipeline``: tf.data decode / resize / augment / batch (imports TensorFlow)
+- ``preprocessing``: each architecture's input normalisation
+- ``audit``: dataset health check (broken files, odd modes, duplicates)
+- ``wikiart``: build an art-style folder from the public WikiArt dataset
+
+Import the submodule you need; this package imports nothing heavy by itself.
 """
-
-from triptych.data.sources import DataSource, Examples, fingerprint, load_cifar10, load_folder
-from triptych.data.splits import Splits, make_splits, split_table
-
-__all__ = [
-    "DataSource",
-    "Examples",
-    "Splits",
-    "fingerprint",
-    "load_cifar10",
-    "load_folder",
-    "make_splits",
-    "split_table",
-]

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from triptych.data import fingerprint, load_cifar10, load_folder, make_splits
+from triptych.data.sources import fingerprint, load_cifar10, load_folder
+from triptych.data.splits import make_splits
 from triptych.data.sources import Examples, list_image_folder
 from triptych.data.splits import stratified_subset
 from triptych.errors import TriptychError

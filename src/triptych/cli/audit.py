@@ -1,0 +1,112 @@
+"""``triptych audit DIR``: check an image folder for files that break or bias training."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Open and fully decode every image under DIR (one subfolder per class, or train/ and test/
+folders of class subfolders) and report: images per class; unreadable, empty or truncated
+files; decompression bombs (header only, never decoded); CMYK, greyscale and alpha images;
+tiny images; exact duplicates (same bytes) and near duplicates (perceptual hash), also across
+splits; and how many images carry black padding borders.
+
+It is a report: the exit code is 0 even when problems are found.
+"""
+
+EPILOG = """\
+examples:
+  triptych audit ../shared/datasets/wikiart
+  triptych audit ../shared/datasets/wikiart --json > audit.json
+  triptych audit data/art --out runs/art/audit.json --splits runs/art/xception/split.csv
+"""
+
+
+def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
+    # No triptych.data import here: building the parser must stay cheap for every command.
+    parser = subparsers.add_parser(
+        name,
+        help=summary,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dir", metavar="DIR", help="image folder with one subfolder per class")
+    parser.add_argument("--json", action="store_true", help="print the full report as JSON instead of a summary")
+    parser.add_argument("--out", metavar="FILE", help="also write the full JSON report to FILE")
+    parser.add_argument(
+        "--splits",
+        metavar="CSV",
+        help="a run's split.csv (columns split,id): also list duplicates that cross its splits",
+    )
+    parser.add_argument(
+        "--near-threshold",
+        type=int,
+        default=None,
+        metavar="BITS",
+        help="near duplicates: at most this many of the 256 perceptual-hash bits differ "
+        "(default 64; 0 = identical hashes only)",
+    )
+    parser.add_argument(
+        "--min-side",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="report images narrower or lower than this many pixels (default 32)",
+    )
+    parser.add_argument(
+        "--cache",
+        metavar="FILE",
+        help="keep image hashes in FILE (JSON) so the next audit of unchanged files skips decoding",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: up to 4)")
+    parser.add_argument(
+        "--examples", type=int, default=5, metavar="N", help="example paths shown per problem (default 5)"
+    )
+    return parser
+
+
+def execute(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from triptych.errors import TriptychError
+
+    # Checked before importing triptych.data (numpy, Pillow, scikit-learn): a typo fails at once.
+    if not Path(args.dir).expanduser().is_dir():
+        what = "is not a folder" if Path(args.dir).expanduser().exists() else "does not exist"
+        raise TriptychError(f"{args.dir} {what} (expected a folder with one subfolder of images per class)")
+
+    from triptych.data.audit import (
+        DEFAULT_MIN_SIDE,
+        DEFAULT_NEAR_THRESHOLD,
+        audit_folder,
+        format_report,
+        read_split_csv,
+        report_json,
+        write_report,
+    )
+
+    near = DEFAULT_NEAR_THRESHOLD if args.near_threshold is None else args.near_threshold
+    min_side = DEFAULT_MIN_SIDE if args.min_side is None else args.min_side
+    if near < 0 or min_side < 1:
+        raise TriptychError("--near-threshold must be 0 or more and --min-side 1 or more")
+    if args.workers is not None and args.workers < 1:
+        raise TriptychError(f"--workers must be 1 or more, not {args.workers}")
+    splits = read_split_csv(args.splits) if args.splits else None
+    report = audit_folder(
+        args.dir,
+        splits=splits,
+        near_threshold=near,
+        min_side=min_side,
+        workers=args.workers,
+        cache_file=args.cache,
+        # the bar goes to stdout; keep it off when stdout is JSON or not a terminal
+        progress=sys.stdout.isatty() and not args.json,
+    )
+    if args.out:
+        write_report(report, args.out)
+    print(report_json(report) if args.json else format_report(report, args.examples))
+    if args.out and not args.json:
+        print(f"full report: {args.out}")
+    return 0
