@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 SHARED := $(abspath ../shared)
 # Offline data beside the project (see ../shared/README.md); an online user needs none.
 export TRIPTYCH_MIRROR ?= $(if $(wildcard $(SHARED)/datasets),$(SHARED)/datasets,)
+export TRIPTYCH_WEIGHTS ?= $(if $(wildcard $(SHARED)/weights),$(SHARED)/weights,)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: demo test venv clean

@@ -27,7 +27,12 @@ class AugmentConfig(_Strict):
 
 class DataConfig(_Strict):
     dataset: Literal["cifar10", "folder"] = "cifar10"
-    path: str | None = Field(None, description="image folder (one subfolder per class) when dataset is 'folder'")
+    path: str | None = Field(
+        None, description="image folder (one subfolder per class) when dataset is 'folder'; $VARS are expanded"
+    )
+    fallback: Literal["cifar10"] | None = Field(
+        None, description="dataset to use (and say so) when the folder does not exist, e.g. on a fresh machine"
+    )
     image_size: int | None = Field(None, ge=8, le=1024, description="square input size; default: the model's native size")
     train_per_class: int | None = Field(None, ge=1, description="stratified subset of the training data")
     test_per_class: int | None = Field(None, ge=1, description="stratified subset of the test data")
@@ -36,6 +41,11 @@ class DataConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     augment: AugmentConfig = AugmentConfig()
     cache: bool | None = Field(None, description="keep decoded images in RAM; default: when they fit 1 GiB")
+    duplicates: Literal["refuse", "drop", "allow"] = Field(
+        "refuse",
+        description="folder datasets: near-duplicate images across train/val/test splits are refused, dropped "
+        "from val/test, or allowed",
+    )
 
     @model_validator(mode="after")
     def _folder_needs_path(self) -> DataConfig:
@@ -46,13 +56,34 @@ class DataConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: str = "resnet50"
-    weights: str | None = Field(None, description="null (random), 'imagenet', or a weights file path")
+    weights: str | list[str | None] | None = Field(
+        None,
+        description="null (random), 'imagenet', a weights file path ($VARS expanded), or a list of these "
+        "tried in order (e.g. [local file, imagenet, random])",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="architecture options, e.g. stem, dropout")
 
 
 class EarlyStoppingConfig(_Strict):
     patience: int = Field(5, ge=1)
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+
+
+class FineTuneConfig(_Strict):
+    """Phase 2 of transfer learning: unfreeze the last blocks and train at a small learning rate."""
+
+    epochs: int = Field(3, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = Field(1e-5, gt=0)
+    unfreeze_blocks: list[str] = Field(default_factory=list, description="e.g. [block14, block13] or [conv5_block16]")
+    unfreeze_layers: int | None = Field(None, ge=1, description="or: the last N layers of the backbone")
+    early_stopping_patience: int | None = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _something_to_unfreeze(self) -> FineTuneConfig:
+        if not self.unfreeze_blocks and not self.unfreeze_layers:
+            raise ValueError("fine_tune needs unfreeze_blocks (e.g. [block14]) or unfreeze_layers (e.g. 20)")
+        return self
 
 
 class TrainingConfig(_Strict):
@@ -68,6 +99,13 @@ class TrainingConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     early_stopping: EarlyStoppingConfig | None = None
     tensorboard: bool = False
+    freeze_base: Literal["auto"] | bool = Field(
+        "auto", description="train only the head in this phase; auto: when the backbone starts pretrained"
+    )
+    feature_cache: bool = Field(True, description="frozen base: compute its features once, train the head on them")
+    cache_views: int = Field(1, ge=1, description="augmented views per training image in the feature cache")
+    cache_dtype: Literal["float32", "bfloat16"] = Field("float32", description="compute cached features in this precision")
+    fine_tune: FineTuneConfig | None = None
 
 
 class ExperimentConfig(_Strict):

@@ -7,6 +7,7 @@ This is the Python API behind ``triptych run``; a notebook user calls :func:`run
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
 import resource
 import shutil
@@ -62,11 +63,23 @@ def validate_experiments(config: Config) -> None:
                 f"experiment {exp.name}: unknown model option(s) {', '.join(unknown)} for {spec.name}; "
                 f"valid: {', '.join(spec.options) or 'none'}"
             )
-        if exp.data.dataset == "folder" and not Path(exp.data.path).expanduser().is_dir():
+        if exp.data.dataset == "folder" and not exp.data.fallback and not expand(exp.data.path).is_dir():
             raise TriptychError(f"experiment {exp.name}: data.path {exp.data.path} is not a directory")
-        weights = exp.model.weights
-        if weights and weights not in spec.pretrained and not Path(weights).expanduser().is_file():
-            raise TriptychError(f"experiment {exp.name}: weights file {weights} not found")
+        candidates = weight_candidates(exp.model.weights)
+        if len(candidates) == 1 and candidates[0] not in (None, *spec.pretrained) and not expand(candidates[0]).is_file():
+            raise TriptychError(f"experiment {exp.name}: weights file {candidates[0]} not found")
+        if exp.training.fine_tune and spec.family == "resnet":
+            raise TriptychError(f"experiment {exp.name}: fine_tune needs a pretrained backbone (xception, densenet121)")
+
+
+def expand(path: str) -> Path:
+    """Config paths may use $VARS (e.g. $TRIPTYCH_MIRROR/wikiart) and ~."""
+    return Path(os.path.expandvars(path)).expanduser()
+
+
+def weight_candidates(weights: str | list | None) -> list[str | None]:
+    items = weights if isinstance(weights, list) else [weights]
+    return [None if item in (None, "random", "null") else item for item in items]
 
 
 def prepare_output_dir(out: Path, options: RunOptions) -> None:
@@ -124,40 +137,46 @@ def _write_config(run: RunDir, exp: ExperimentConfig, resume: bool) -> None:
 def _train_and_evaluate(run: RunDir, exp: ExperimentConfig, seed: int, log: Log) -> None:
     import keras
 
-    from triptych.data import fingerprint, make_splits, split_table
-    from triptych.data.pipeline import Augment, make_dataset
-    from triptych.data.preprocessing import get_preprocessor
+    from triptych.data.sources import fingerprint
+    from triptych.data.splits import make_splits, split_table
     from triptych.evaluation import evaluate_run
-    from triptych.models import build, get_spec, weights_origin
-    from triptych.training import RunFiles, fit, steps_for
+    from triptych.models import get_spec
+    from triptych.training.phases import train_phases
 
     keras.utils.set_random_seed(seed)
     # Our datasets are shuffled by tf.data; Keras warns that its own shuffle flag is ignored.
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
     spec = get_spec(exp.model.name)
+    source, data_note = load_source(exp, log)
     splits = make_splits(
-        load_source(exp),
+        source,
         seed=seed,
         val_fraction=exp.data.val_fraction,
         test_fraction=exp.data.test_fraction,
         train_per_class=exp.data.train_per_class,
         test_per_class=exp.data.test_per_class,
     )
+    splits = check_cross_split_duplicates(splits, exp, source.name, log)
     atomic_write_with(run.split, lambda tmp: pd.DataFrame(split_table(splits)).to_csv(tmp, index=False))
     size = exp.data.image_size or spec.default_input_shape[0]
-    model = build(
-        exp.model.name, len(splits.class_names), (size, size, 3), weights=exp.model.weights, **exp.model.options
-    )
+    shape = (size, size, 3)
+    model, weights, weights_note = build_with_weights(exp, len(splits.class_names), shape, log)
+    frozen = exp.training.freeze_base if exp.training.freeze_base != "auto" else bool(weights) and spec.family != "resnet"
+    origin = weights_origin_text(weights)
     run.update_manifest(
         experiment=exp.name,
         model=exp.model.name,
-        weights=weights_origin(exp.model.weights),
-        expected_pretrained=bool(spec.pretrained) and spec.family != "resnet",
+        family=spec.family,
+        weights=origin,
+        weights_note=weights_note,
+        expected_pretrained=spec.family != "resnet",
+        frozen_base_phase=frozen,
         seed=seed,
         image_size=size,
         class_names=list(splits.class_names),
         data={
-            "origin": exp.data.dataset if exp.data.dataset == "cifar10" else exp.data.path,
+            "origin": source.origin,
+            "note": data_note,
             "train": len(splits.train),
             "val": len(splits.val),
             "test": len(splits.test),
@@ -168,41 +187,29 @@ def _train_and_evaluate(run: RunDir, exp: ExperimentConfig, seed: int, log: Log)
         train_seconds=run.read_manifest().get("train_seconds", 0.0),
     )
     log(
-        f"[{exp.name}] {exp.model.name} ({model.count_params():,} params) on {len(splits.train)} train / "
-        f"{len(splits.val)} val / {len(splits.test)} test images at {size}x{size}"
+        f"[{exp.name}] {exp.model.name} ({model.count_params():,} params, weights: {origin}) on "
+        f"{len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images at {size}x{size}"
     )
-    preprocess = get_preprocessor(spec.preprocessing)
-    num_classes = len(splits.class_names)
-
-    def dataset(split: str, training: bool):
-        return make_dataset(
-            getattr(splits, split),
-            num_classes,
-            size,
-            exp.data.batch_size,
-            preprocess,
-            training=training,
-            seed=seed,
-            augment=Augment(exp.data.augment.crop_padding, exp.data.augment.flip),
-            cache=exp.data.cache,
-        )
-
-    files = RunFiles(run.history, run.best_weights, run.backup_dir, run.root / "tensorboard")
-    best = fit(
+    data = phase_data(exp, spec, splits, size, seed)
+    best_epoch = train_phases(
         model,
-        dataset("train", True),
-        dataset("val", False),
-        exp.training,
-        files,
-        steps_per_epoch=steps_for(len(splits.train), exp.data.batch_size),
+        exp,
+        run,
+        data,
+        frozen_base=frozen,
+        weights_origin=origin,
+        rebuild=lambda: build_model(exp, len(splits.class_names), shape, weights=None),
         on_elapsed=lambda seconds: _add_train_seconds(run, seconds),
+        log=log,
     )
     if run.best_weights.exists():
-        model.load_weights(str(run.best_weights))
+        from triptych.training.callbacks import load_model_weights
+
+        load_model_weights(model, run.best_weights)
     save_for_inference(model, run.model)
     started = time.perf_counter()
-    probabilities = model.predict(dataset("test", False), verbose=0)
-    run.update_manifest(best_epoch=best.best_epoch(), predict_seconds=round(time.perf_counter() - started, 3))
+    probabilities = model.predict(data.make("test", False), verbose=0)
+    run.update_manifest(best_epoch=best_epoch, predict_seconds=round(time.perf_counter() - started, 3))
     write_predictions(run, splits.test.ids, splits.test.labels, probabilities, splits.class_names)
     evaluate_run(
         run.root,
@@ -216,6 +223,118 @@ def _train_and_evaluate(run: RunDir, exp: ExperimentConfig, seed: int, log: Log)
     shutil.rmtree(run.backup_dir, ignore_errors=True)
 
 
+def phase_data(exp: ExperimentConfig, spec, splits, size: int, seed: int):
+    """Dataset factories for the training phases (train/val/test, plain or augmented)."""
+    from triptych.data.sources import fingerprint
+    from triptych.data.pipeline import Augment, make_dataset
+    from triptych.data.preprocessing import get_preprocessor
+    from triptych.training.phases import PhaseData
+
+    augment = Augment(exp.data.augment.crop_padding, exp.data.augment.flip)
+    preprocess = get_preprocessor(spec.preprocessing)
+
+    def make(split: str, training: bool, seed: int = seed):
+        return make_dataset(
+            getattr(splits, split),
+            len(splits.class_names),
+            size,
+            exp.data.batch_size,
+            preprocess,
+            training=training,
+            seed=seed,
+            augment=augment,
+            cache=exp.data.cache,
+        )
+
+    return PhaseData(
+        make=make,
+        num_train=len(splits.train),
+        batch_size=exp.data.batch_size,
+        fingerprint="/".join(fingerprint(getattr(splits, k)) for k in ("train", "val")),
+        preprocessing=spec.preprocessing,
+        augment=str(augment),
+        image_size=size,
+        seed=seed,
+    )
+
+
+def build_model(exp: ExperimentConfig, num_classes: int, shape, weights: str | None):
+    from triptych.models import build
+
+    return build(exp.model.name, num_classes, shape, weights=weights, **exp.model.options)
+
+
+def build_with_weights(exp: ExperimentConfig, num_classes: int, shape, log: Log):
+    """Try each weights candidate in order; returns (model, weights used, note on what failed)."""
+    candidates = weight_candidates(exp.model.weights)
+    failures = []
+    for candidate in candidates:
+        weights = candidate if candidate in (None, "imagenet") else str(expand(candidate))
+        if weights not in (None, "imagenet") and not Path(weights).is_file():
+            failures.append(f"{candidate}: not found")
+            continue
+        try:
+            model = build_model(exp, num_classes, shape, weights)
+        except TriptychError as err:
+            if candidate is candidates[-1]:
+                raise
+            failures.append(f"{candidate}: {err}")
+            continue
+        note = "; ".join(failures) or None
+        if note:
+            log(f"[{exp.name}] weights fallback to {weights or 'random'} ({note})")
+        return model, weights, note
+    raise TriptychError(f"experiment {exp.name}: no usable weights: {'; '.join(failures)}")
+
+
+def weights_origin_text(weights: str | None) -> str:
+    from triptych.models import weights_origin
+
+    return weights_origin(weights)
+
+
+def check_cross_split_duplicates(splits, exp: ExperimentConfig, dataset: str, log: Log):
+    """Near-duplicate images across train/val/test inflate test accuracy: refuse or drop them."""
+    if exp.data.dataset != "folder" or exp.data.duplicates == "allow":
+        return splits
+    from triptych.data.audit import cross_split_duplicates
+
+    paths = {name: list(getattr(splits, name).ids) for name in ("train", "val", "test")}
+    pairs = cross_split_duplicates(paths)
+    if not pairs:
+        return splits
+    if exp.data.duplicates == "refuse":
+        first = pairs[0]
+        raise TriptychError(
+            f"{len(pairs)} near-duplicate image pair(s) cross the train/val/test splits of {dataset} "
+            f"(e.g. {first[0]} ~ {first[1]}); set data.duplicates: drop (removes them from val/test) or allow"
+        )
+    return drop_duplicates(splits, pairs, log, exp.name)
+
+
+def drop_duplicates(splits, pairs, log: Log, name: str):
+    """Remove from val and test every image that nearly duplicates an image of an earlier split."""
+    from dataclasses import replace
+
+    order = {"train": 0, "val": 1, "test": 2}
+    where = {}
+    for split in order:
+        for path in getattr(splits, split).ids:
+            where[str(path)] = split
+    drop = set()
+    for a, b, *_ in pairs:
+        later = max((a, b), key=lambda p: order[where.get(str(p), "train")])
+        if where.get(str(later)) != "train":
+            drop.add(str(later))
+    kept = {}
+    for split in ("val", "test"):
+        examples = getattr(splits, split)
+        keep = np.array([str(p) not in drop for p in examples.ids])
+        kept[split] = examples.take(np.flatnonzero(keep))
+    log(f"[{name}] dropped {len(drop)} near-duplicate image(s) from val/test")
+    return replace(splits, **kept)
+
+
 def save_for_inference(model, path: Path) -> None:
     """Save the model without its optimizer, so that ``model.keras`` loads with plain Keras
     (safe mode, no triptych import needed) wherever it is shipped."""
@@ -225,12 +344,18 @@ def save_for_inference(model, path: Path) -> None:
     atomic_write_with(path, lambda tmp: inference.save(str(tmp)))
 
 
-def load_source(exp: ExperimentConfig):
-    from triptych.data import load_cifar10, load_folder
+def load_source(exp: ExperimentConfig, log: Log = print):
+    """The experiment's dataset, or its declared fallback (with a note saying so)."""
+    from triptych.data.sources import load_cifar10, load_folder
 
     if exp.data.dataset == "cifar10":
-        return load_cifar10()
-    return load_folder(exp.data.path)
+        return load_cifar10(), None
+    folder = expand(exp.data.path)
+    if folder.is_dir() or not exp.data.fallback:
+        return load_folder(folder), None
+    note = f"{exp.data.path} not found: fell back to {exp.data.fallback}"
+    log(f"[{exp.name}] {note}")
+    return load_cifar10(), note
 
 
 def write_predictions(

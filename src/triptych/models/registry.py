@@ -70,6 +70,17 @@ def _resnet50_imagenet(depth: str, num_classes: int, input_shape, **options: Any
 
 
 RESNET_OPTIONS = ("stem", "dropout", "zero_init_residual", "keras_compat")
+HEAD_OPTIONS = ("dropout", "l2")
+
+
+def _pretrained_builder(arch: str) -> Callable[..., Any]:
+    def build_backbone_with_head(num_classes: int, input_shape, weights: str | None, **options: Any):
+        from triptych.models.pretrained import build_pretrained
+
+        return build_pretrained(arch, num_classes, input_shape, weights, **options)
+
+    return build_backbone_with_head
+
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -93,6 +104,30 @@ MODELS: dict[str, ModelSpec] = {
         )
     )
 }
+MODELS.update(
+    {
+        "xception": ModelSpec(
+            name="xception",
+            builder=_pretrained_builder("xception"),
+            default_input_shape=(299, 299, 3),
+            preprocessing="tf",
+            family="xception",
+            description="Xception (keras.applications) + GAP/Dropout/Dense head, for fine-tuning",
+            pretrained=("imagenet",),
+            options=HEAD_OPTIONS,
+        ),
+        "densenet121": ModelSpec(
+            name="densenet121",
+            builder=_pretrained_builder("densenet121"),
+            default_input_shape=(224, 224, 3),
+            preprocessing="torch",
+            family="densenet",
+            description="DenseNet-121 (keras.applications) + regularised GAP/Dropout/Dense head, for fine-tuning",
+            pretrained=("imagenet",),
+            options=HEAD_OPTIONS,
+        ),
+    }
+)
 
 
 def get_spec(name: str) -> ModelSpec:

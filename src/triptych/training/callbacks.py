@@ -7,6 +7,7 @@ import io
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -67,8 +68,11 @@ class BestCheckpoint(keras.callbacks.Callback):
     """Saves the weights of the best epoch on ``monitor``, atomically, and remembers the best
     value on disk so that a resumed run does not forget an earlier, better epoch."""
 
-    def __init__(self, weights_path: Path, monitor: str = "val_accuracy", epoch_offset: int = 0):
+    def __init__(
+        self, weights_path: Path, monitor: str = "val_accuracy", epoch_offset: int = 0, save_model: keras.Model | None = None
+    ):
         super().__init__()
+        self.save_model = save_model  # whose weights to save (default: the model being trained)
         self.weights_path = Path(weights_path)
         self.state_path = self.weights_path.with_suffix("").with_suffix(".json")
         self.monitor = monitor
@@ -88,15 +92,27 @@ class BestCheckpoint(keras.callbacks.Callback):
         improved = best is None or (value > best if self.mode_max else value < best)
         if improved:
             with atomic_path(self.weights_path, suffix=".weights.h5") as tmp:
-                self.model.save_weights(str(tmp))
+                (self.save_model or self.model).save_weights(str(tmp))
             atomic_write_json(
                 self.state_path, {"monitor": self.monitor, "value": float(value), "epoch": epoch + self.epoch_offset}
             )
 
     def best_epoch(self) -> int | None:
-        if not self.state_path.exists():
-            return None
-        return int(json.loads(self.state_path.read_text())["epoch"])
+        return best_checkpoint_epoch(self.weights_path)
+
+
+def load_model_weights(model: keras.Model, path: Path) -> None:
+    """Load saved layer weights, ignoring optimizer state (a fresh optimizer starts each phase)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(str(path))
+
+
+def best_checkpoint_epoch(weights_path: Path) -> int | None:
+    state = Path(weights_path).with_suffix("").with_suffix(".json")
+    if not state.exists():
+        return None
+    return int(json.loads(state.read_text())["epoch"])
 
 
 class ElapsedTime(keras.callbacks.Callback):

@@ -66,13 +66,14 @@ def fit(
     history_extra: dict | None = None,
     epoch_offset: int = 0,
     monitor: str = "val_accuracy",
+    save_model: keras.Model | None = None,
 ) -> BestCheckpoint:
     """Train with every safety callback; returns the best-checkpoint callback (epoch, weights path).
 
     A killed run resumes from ``files.backup_dir`` on the next call with the same files.
     """
     compile_model(model, cfg, steps_per_epoch)
-    best = BestCheckpoint(files.best_weights, monitor=monitor, epoch_offset=epoch_offset)
+    best = BestCheckpoint(files.best_weights, monitor=monitor, epoch_offset=epoch_offset, save_model=save_model)
     callbacks: list[keras.callbacks.Callback] = [
         HistoryWriter(files.history, extra=history_extra, epoch_offset=epoch_offset),
         best,

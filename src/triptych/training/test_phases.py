@@ -1,0 +1,119 @@
+"""Two-phase fine-tuning through the runner: one continuous history, the feature cache, resume.
+
+The phase mechanics do not depend on the backbone's size, so these tests swap DenseNet-121
+for a tiny backbone with DenseNet's layer names (models/test_pretrained.py covers the real one).
+"""
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from triptych.config import parse_config
+from triptych.runner import run_experiment
+from triptych.training import phases
+
+
+def tiny_densenet(include_top=False, weights=None, input_shape=(32, 32, 3)):
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(8, 3, strides=2, name="conv1_conv")(inputs)
+    x = keras.layers.BatchNormalization(name="conv5_block16_1_bn")(x)
+    x = keras.layers.Conv2D(16, 3, name="conv5_block16_2_conv", activation="relu")(x)
+    return keras.Model(inputs, x, name="densenet121")
+
+
+@pytest.fixture(autouse=True)
+def tiny_backbone(monkeypatch):
+    from triptych.models import pretrained
+
+    monkeypatch.setitem(pretrained.BACKBONES, "densenet121", tiny_densenet)
+
+
+@pytest.fixture
+def weights_file(tmp_path):
+    path = tmp_path / "dn.weights.h5"
+    tiny_densenet().save_weights(str(path))
+    return path
+
+
+def experiment(folder, weights, **training):
+    raw = {
+        "experiments": [
+            {
+                "name": "dn",
+                "model": {"name": "densenet121", "weights": str(weights), "options": {"dropout": 0.1}},
+                "data": {
+                    "dataset": "folder",
+                    "path": str(folder),
+                    "image_size": 32,
+                    "batch_size": 16,
+                    "val_fraction": 0.2,
+                    "test_fraction": 0.25,
+                    "duplicates": "allow",
+                },
+                "training": {
+                    "epochs": 2,
+                    "optimizer": "adam",
+                    "learning_rate": 1e-2,
+                    "weight_decay": 0.0,
+                    "fine_tune": {"epochs": 1, "unfreeze_blocks": ["conv5_block16"]},
+                    **training,
+                },
+            }
+        ]
+    }
+    return parse_config(raw).experiments[0]
+
+
+def history(run):
+    return pd.read_csv(run.history)
+
+
+def test_two_phases_one_history_and_cache_reuse(tmp_path, image_folder, weights_file, monkeypatch):
+    monkeypatch.setenv("TRIPTYCH_CACHE", str(tmp_path / "cache"))
+    exp = experiment(image_folder, weights_file)
+    first = run_experiment(exp, tmp_path / "a", seed=0, log=lambda m: None)
+    frame = history(first)
+    assert frame["epoch"].tolist() == [0, 1, 2]
+    assert frame["phase"].tolist() == ["head", "head", "fine-tune"]
+    manifest = first.read_manifest()
+    assert manifest["status"] == "done" and manifest["phases_done"] == ["head", "fine-tune"]
+    assert manifest["feature_cache"]["hit"] is False and manifest["feature_cache"]["train_features"] == [36, 16]
+    assert manifest["weights"].startswith("local file dn.weights.h5")
+    second = run_experiment(exp, tmp_path / "b", seed=0, log=lambda m: None)
+    assert second.read_manifest()["feature_cache"]["hit"] is True
+    # Same features, same seed: the head phase learns the same thing from the cache.
+    np.testing.assert_allclose(history(second)["loss"][:2], frame["loss"][:2], rtol=1e-4)
+
+
+def test_resume_after_a_kill_between_phases_loses_and_repeats_nothing(tmp_path, image_folder, weights_file, monkeypatch):
+    monkeypatch.setenv("TRIPTYCH_CACHE", str(tmp_path / "cache"))
+    exp = experiment(image_folder, weights_file)
+    real_fine_tune = phases._fine_tune
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(phases, "_fine_tune", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(exp, tmp_path / "out", seed=0, log=lambda m: None)
+    run_dir = tmp_path / "out" / "dn"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["reason"] == "interrupted"
+    assert manifest["phases_done"] == ["head"]
+    monkeypatch.setattr(phases, "_fine_tune", real_fine_tune)
+    run = run_experiment(exp, tmp_path / "out", seed=0, resume=True, log=lambda m: None)
+    assert history(run)["epoch"].tolist() == [0, 1, 2]
+    assert history(run)["phase"].tolist() == ["head", "head", "fine-tune"]
+    assert run.read_manifest()["status"] == "done"
+
+
+def test_random_weights_train_end_to_end_without_freezing(tmp_path, image_folder):
+    exp = experiment(image_folder, "random")
+    run = run_experiment(exp, tmp_path / "out", seed=0, log=lambda m: None)
+    assert history(run)["phase"].tolist() == ["train", "train"]
+    manifest = run.read_manifest()
+    assert manifest["weights"] == "random" and manifest["expected_pretrained"] is True
+    assert manifest["frozen_base_phase"] is False
