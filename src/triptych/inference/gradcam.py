@@ -1,0 +1,363 @@
+"""Grad-CAM (Selvaraju et al., 2017): where in the image the evidence for a class lies.
+
+The heat map is the ReLU of the feature maps of the last convolutional stage, weighted by the
+spatially averaged gradient of the class score (the pre-softmax logit) with respect to them.
+The stage is found automatically for every architecture of the registry:
+
+- ResNets (flat functional models): the last ``stage4_block*_out`` layer;
+- Xception / DenseNet-121: the output of the nested backbone model ``base``; the gradient model
+  is rebuilt *through* the nested model (``base`` then the head layers), since a nested
+  model's own ``output`` belongs to its inner graph, not to the outer one;
+- anything else: the last layer with a 4-D (feature map) output.
+
+``gradcam_for_run(run_dir)`` explains the most confident mistakes of a finished run and writes
+their overlays into ``run_dir/gradcam/`` (with ``gradcam.json`` listing them) for the report.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from triptych.errors import TriptychError
+from triptych.inference.loading import (
+    ImageError,
+    LoadedModel,
+    collect_images,
+    load,
+    read_image,
+)
+from triptych.io import atomic_write_bytes, atomic_write_json
+
+GRADCAM_DIR = "gradcam"
+OVERLAY_MIN_SIZE = 224  # small images (CIFAR's 32 px) are upscaled so the overlay can be seen
+_RESNET_STAGE_OUT = re.compile(r"^stage(\d+)_block(\d+)_out$")
+_RANKED_PNG = re.compile(r"^\d\d_.*\.png$")  # what gradcam_for_run writes
+
+
+@dataclass
+class GradCamModel:
+    """A model that maps images to (feature maps, class scores, probabilities)."""
+
+    model: Any  # keras.Model with outputs [features, penultimate, probabilities]
+    layer: str  # human-readable name of the explained layer, e.g. "base" or "stage4_block2_out"
+    logits_from: Any | None  # the final Dense layer when its softmax can be undone for logits
+
+    def __call__(self, batch: np.ndarray, class_indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Heat maps (n, h, w) in [0, 1] at feature-map resolution, and the probabilities (n, k)."""
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(batch, dtype=tf.float32)
+        with tf.GradientTape() as tape:
+            features, penultimate, probs = self.model(x, training=False)
+            if self.logits_from is not None:
+                dense = self.logits_from
+                scores = tf.matmul(penultimate, dense.kernel)
+                if dense.bias is not None:
+                    scores = scores + dense.bias
+            else:
+                scores = probs
+            chosen = (
+                tf.argmax(probs, axis=-1, output_type=tf.int32)
+                if class_indices is None
+                else tf.convert_to_tensor(class_indices, dtype=tf.int32)
+            )
+            # Samples are independent (inference mode), so one gradient of the sum gives each its own.
+            score = tf.reduce_sum(tf.gather(scores, chosen, batch_dims=1))
+        grads = tape.gradient(score, features)
+        weights = tf.reduce_mean(grads, axis=(1, 2))  # (n, channels)
+        cams = tf.nn.relu(tf.einsum("nhwc,nc->nhw", features, weights)).numpy()
+        peak = cams.reshape(len(cams), -1).max(axis=1)
+        cams = np.where(peak[:, None, None] > 0, cams / np.maximum(peak, 1e-12)[:, None, None], 0.0)
+        return cams.astype(np.float32), np.asarray(probs, dtype=np.float32)
+
+
+def find_target_layer(model) -> str:
+    """The name of the layer whose output Grad-CAM explains (see the module docstring)."""
+    import keras
+
+    nested = [
+        layer for layer in model.layers if isinstance(layer, keras.Model) and len(layer.outputs[0].shape) == 4
+    ]
+    if nested:
+        return nested[-1].name
+    stage_outs = [
+        (int(m.group(1)), int(m.group(2)), layer.name)
+        for layer in model.layers
+        if (m := _RESNET_STAGE_OUT.match(layer.name))
+    ]
+    if stage_outs:
+        return max(stage_outs)[2]
+    for layer in reversed(model.layers[:-1]):
+        if _is_feature_map(layer):
+            return layer.name
+    raise TriptychError(f"{model.name}: no convolutional layer found for Grad-CAM; name one with --layer")
+
+
+def build_gradcam_model(model, layer: str | None = None) -> GradCamModel:
+    """The gradient model for ``layer`` (default: :func:`find_target_layer`).
+
+    ``layer`` may also name a layer inside a nested backbone (``conv5_block16_concat``).
+    """
+    import keras
+
+    name = layer or find_target_layer(model)
+    top_names = [l.name for l in model.layers]
+    final = model.layers[-1]
+    logits_from = final if _is_softmax_dense(final) else None
+
+    if name in top_names and not isinstance(model.get_layer(name), keras.Model):
+        target = model.get_layer(name)
+        if not _is_feature_map(target):
+            raise TriptychError(f"layer {name!r} of {model.name} has no 4-D feature map output; Grad-CAM needs one")
+        grad_model = keras.Model(model.inputs, [target.output, final.input, model.outputs[0]])
+        return GradCamModel(grad_model, name, logits_from)
+
+    # The target is a nested model, or a layer inside one: rebuild the graph through it.
+    base, inner_name = _locate_nested(model, name)
+    base_index = top_names.index(base.name)
+    head = [l for l in model.layers[base_index + 1 :] if not isinstance(l, keras.layers.InputLayer)]
+    if base_index != 1 or not head:
+        raise TriptychError(
+            f"{model.name}: Grad-CAM through a nested model needs input -> {base.name} -> head layers "
+            f"(found {', '.join(top_names)})"
+        )
+    if inner_name is None:
+        inner = base
+    else:
+        inner_target = base.get_layer(inner_name)
+        if not _is_feature_map(inner_target):
+            raise TriptychError(f"layer {inner_name!r} of {base.name} has no 4-D feature map output; Grad-CAM needs one")
+        inner = keras.Model(base.inputs, [inner_target.output, base.outputs[0]], name=f"{base.name}_gradcam")
+    inputs = keras.Input(shape=model.inputs[0].shape[1:], name="image")
+    if inner is base:
+        features = base_out = base(inputs)
+    else:
+        features, base_out = inner(inputs)
+    x = base_out
+    for head_layer in head[:-1]:
+        x = head_layer(x)
+    penultimate = x
+    outputs = head[-1](x)
+    grad_model = keras.Model(inputs, [features, penultimate, outputs], name=f"{model.name}_gradcam")
+    return GradCamModel(grad_model, name if inner_name is None else f"{base.name}/{inner_name}", logits_from)
+
+
+def _locate_nested(model, name: str):
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            if layer.name == name:
+                return layer, None
+            if name in [l.name for l in layer.layers]:
+                return layer, name
+    raise TriptychError(f"{model.name} has no layer {name!r} (also searched its nested models)")
+
+
+def _is_feature_map(layer) -> bool:
+    try:
+        shape = layer.output.shape
+    except (AttributeError, ValueError):
+        return False
+    return len(shape) == 4
+
+
+def _is_softmax_dense(layer) -> bool:
+    import keras
+
+    activation = getattr(layer, "activation", None)
+    return isinstance(layer, keras.layers.Dense) and getattr(activation, "__name__", "") == "softmax"
+
+
+# --------------------------------------------------------------------------- overlays
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45, cmap: str = "jet", min_size: int = OVERLAY_MIN_SIZE) -> np.ndarray:
+    """Blend a heat map (any resolution, values in [0, 1]) over a uint8 RGB image; small images are upscaled."""
+    import matplotlib
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    scale = max(1, int(np.ceil(min_size / max(1, min(height, width)))))
+    size = (width * scale, height * scale)
+    base = Image.fromarray(image.astype(np.uint8))
+    if scale > 1:
+        base = base.resize(size, Image.Resampling.BICUBIC)
+    heat = np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
+    colours = matplotlib.colormaps[cmap](np.clip(heat, 0.0, 1.0))[..., :3] * 255.0
+    blended = (1.0 - alpha) * np.asarray(base, dtype=np.float32) + alpha * colours
+    return np.clip(blended, 0, 255).astype(np.uint8)
+
+
+def upsample(cam: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A heat map resized (bilinearly) to an image's size."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR))
+
+
+def write_png(path: str | os.PathLike, pixels: np.ndarray) -> Path:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+# --------------------------------------------------------------------------- high-level API
+
+
+def explain(
+    run_or_model: str | os.PathLike | LoadedModel,
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    layer: str | None = None,
+    class_name: str | None = None,
+    batch_size: int = 16,
+    preprocessing: str | None = None,
+) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Write one Grad-CAM overlay PNG per image into ``out_dir``.
+
+    Returns ``(explained, skipped)``: dicts with ``path``, ``label``, ``probability``,
+    ``explained`` (the class the map is for), ``layer`` and ``overlay``; and
+    ``(path, reason)`` for images that could not be read.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files = collect_images(paths)
+    loaded = load(run_or_model, preprocessing)
+    class_index = None
+    if class_name is not None:
+        if class_name not in loaded.class_names:
+            raise TriptychError(f"unknown class {class_name!r}; the model's classes: {', '.join(loaded.class_names)}")
+        class_index = loaded.class_names.index(class_name)
+    gradcam = build_gradcam_model(loaded.model, layer)
+    out_dir = Path(out_dir)
+    names = _unique_names(files)
+    explained, skipped = [], []
+    for start in range(0, len(files), batch_size):
+        images, kept = [], []
+        for path in files[start : start + batch_size]:
+            try:
+                images.append(read_image(path))
+                kept.append(path)
+            except ImageError as err:
+                skipped.append((str(path), str(err)))
+        if not images:
+            continue
+        chosen = None if class_index is None else np.full(len(images), class_index)
+        cams, probs = gradcam(loaded.preprocess(images), chosen)
+        for path, image, cam, row in zip(kept, images, cams, probs):
+            target = int(np.argmax(row)) if class_index is None else class_index
+            png = write_png(out_dir / f"{names[path]}_gradcam.png", overlay(image, cam))
+            explained.append(
+                {
+                    "path": str(path),
+                    "label": loaded.class_names[int(np.argmax(row))],
+                    "probability": float(np.max(row)),
+                    "explained": loaded.class_names[target],
+                    "layer": gradcam.layer,
+                    "overlay": str(png),
+                }
+            )
+    if not explained:
+        first = skipped[0] if skipped else ("?", "?")
+        raise TriptychError(f"none of the {len(files)} image(s) could be read (first: {first[0]}: {first[1]})")
+    return explained, skipped
+
+
+def gradcam_for_run(
+    run_dir: str | os.PathLike, n: int = 4, out_dir: str | os.PathLike | None = None, *, layer: str | None = None
+) -> list[tuple[str, str, str, float, str]]:
+    """Grad-CAM overlays of the ``n`` most confident mistakes in ``run_dir/predictions.csv``.
+
+    Writes them to ``run_dir/gradcam/`` (or ``out_dir``; earlier ``NN_*.png`` overlays there are
+    replaced), with ``gradcam.json`` listing them (overlay file names relative to it),
+    and returns ``(path, true, pred, prob, overlay_png_path)`` tuples, most confident first.
+    Fewer than ``n`` come back when the run made fewer mistakes (or some images are gone).
+    The map explains the predicted (wrong) class: what the model looked at to get it wrong.
+    """
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    csv_path = run_dir / "predictions.csv"
+    if not csv_path.is_file():
+        raise TriptychError(f"{csv_path}: no predictions (has the run finished its test evaluation?)")
+    try:
+        frame = pd.read_csv(csv_path, dtype={"path": str, "y_true": str, "y_pred": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise TriptychError(f"{csv_path}: cannot read predictions ({err.__class__.__name__})") from err
+    missing = [c for c in ("path", "y_true", "y_pred") if c not in frame.columns]
+    if missing:
+        raise TriptychError(f"{csv_path}: missing column(s) {', '.join(missing)}")
+    loaded = load(run_dir)
+    mistakes = frame[frame["y_true"] != frame["y_pred"]].copy()
+    # Confidence of a mistake: the probability the model gave its (wrong) prediction.
+    mistakes["confidence"] = [
+        float(mistakes.at[i, f"prob_{pred}"]) if f"prob_{pred}" in mistakes.columns else np.nan
+        for i, pred in zip(mistakes.index, mistakes["y_pred"])
+    ]
+    mistakes = mistakes.sort_values("confidence", ascending=False, kind="stable")
+
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / GRADCAM_DIR
+    gradcam = build_gradcam_model(loaded.model, layer)
+    if out_dir.is_dir():  # overlays of an earlier call would mix with this one's
+        for old in out_dir.iterdir():
+            if _RANKED_PNG.match(old.name):
+                old.unlink()
+    chosen: list[tuple[str, str, str, float, str]] = []
+    for _, row in mistakes.iterrows():
+        if len(chosen) >= n:
+            break
+        try:
+            image = read_image(row["path"])
+        except ImageError:
+            continue  # the image moved or was in memory only: take the next mistake
+        pred_index = loaded.class_names.index(row["y_pred"]) if row["y_pred"] in loaded.class_names else None
+        cams, probs = gradcam(loaded.preprocess([image]), None if pred_index is None else np.array([pred_index]))
+        rank = len(chosen) + 1
+        stem = _safe_stem(Path(str(row["path"])).stem)
+        png = write_png(out_dir / f"{rank:02d}_{stem}_true-{_safe_stem(row['y_true'])}_pred-{_safe_stem(row['y_pred'])}.png", overlay(image, cams[0]))
+        prob = float(row["confidence"]) if np.isfinite(row["confidence"]) else float(np.max(probs[0]))
+        chosen.append((str(row["path"]), str(row["y_true"]), str(row["y_pred"]), prob, str(png)))
+    atomic_write_json(
+        out_dir / "gradcam.json",
+        {
+            "layer": gradcam.layer,
+            "explains": "the predicted class of the most confident mistakes",
+            # overlay: the PNG's file name, relative to this file's folder
+            "items": [
+                {"path": path, "true": true, "pred": pred, "prob": prob, "overlay": Path(png).name}
+                for path, true, pred, prob, png in chosen
+            ],
+        },
+    )
+    return chosen
+
+
+def _safe_stem(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text))[:60] or "image"
+
+
+def _unique_names(files: list[Path]) -> dict[Path, str]:
+    """Output file stems: the image's stem, made unique when two images share one."""
+    names: dict[Path, str] = {}
+    used: set[str] = set()
+    for path in files:
+        stem = _safe_stem(path.stem)
+        candidate, i = stem, 1
+        while candidate in used:
+            i += 1
+            candidate = f"{stem}_{i}"
+        used.add(candidate)
+        names[path] = candidate
+    return names
