@@ -17,6 +17,13 @@ from triptych.errors import TriptychError
 COMMANDS: dict[str, str] = {
     "run": "Train and evaluate every experiment of a YAML config, then write the report.",
     "report": "Build report.html from saved run directories (no retraining, no TensorFlow).",
+    "models": "List the models with parameters, GMACs, weights size (and, with --measure, speed).",
+    "diagram": "Draw an architecture's key idea (SVG + PNG) from the built model.",
+    "audit": "Check an image folder: unreadable, odd or tiny images, duplicates, leaks across splits.",
+    "data": "Fetch a dataset into an image folder (triptych data wikiart: styles from the Hugging Face hub).",
+    "predict": "Predict the classes of image files and folders with a trained model.",
+    "explain": "Grad-CAM heat maps: where a trained model looks in an image.",
+    "export": "Export a trained model to SavedModel, ONNX or TFLite, with a parity check.",
 }
 
 EXIT_USER_ERROR = 2
