@@ -24,7 +24,7 @@ import pandas as pd
 from triptych import __version__
 from triptych.config import Config, ExperimentConfig, to_yaml
 from triptych.errors import TriptychError
-from triptych.io import atomic_write_text, atomic_write_with
+from triptych.io import atomic_write_json, atomic_write_text, atomic_write_with
 from triptych.rundir import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING, RunDir, experiment_dirs
 
 Log = Callable[[str], None]
@@ -39,13 +39,18 @@ class RunOptions:
 
 def run_config(config: Config, out: str | Path, options: RunOptions = RunOptions(), log: Log = print) -> list[RunDir]:
     """Run every experiment of ``config`` into ``out/<experiment>/`` and write ``out/report.html``."""
-    out = Path(out)
+    from triptych.training.distribute import init_strategies, worker_output_dir
+
     validate_experiments(config)
+    strategies = [exp.training.strategy for exp in config.experiments]
+    init_strategies(strategies)  # before TensorFlow runs anything (the multi-worker strategy needs that)
+    out = worker_output_dir(out, strategies)  # multi-worker: the chief writes OUT, worker i OUT.worker-i
     prepare_output_dir(out, options)
     runs = [run_experiment(exp, out, seed=config.seed, resume=options.resume, log=log) for exp in config.experiments]
     if options.report:
         from triptych.reporting import build_report
 
+        draw_diagrams(config, out, log)
         report = build_report([run.root for run in runs], out / "report.html", title=config.title)
         log(f"report: {report}")
     return runs
@@ -113,7 +118,10 @@ def run_experiment(exp: ExperimentConfig, out: Path, *, seed: int, resume: bool 
     _write_config(run, exp, resume)
     run.update_manifest(status=STATUS_RUNNING, started=_now(), reason=None)
     try:
-        _train_and_evaluate(run, exp, seed, log)
+        from triptych.training.distribute import training_scope
+
+        with training_scope(exp.training):  # tf.distribute strategy and mixed-precision policy
+            _train_and_evaluate(run, exp, seed, log)
     except BaseException as err:
         reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{err.__class__.__name__}: {err}"
         run.update_manifest(status=STATUS_FAILED, reason=reason.splitlines()[0][:500], finished=_now())
@@ -137,7 +145,7 @@ def _write_config(run: RunDir, exp: ExperimentConfig, resume: bool) -> None:
 def _train_and_evaluate(run: RunDir, exp: ExperimentConfig, seed: int, log: Log) -> None:
     import keras
 
-    from triptych.data.sources import fingerprint
+    from triptych.data.sources import fingerprint, screen_images
     from triptych.data.splits import make_splits, split_table
     from triptych.evaluation import evaluate_run
     from triptych.models import get_spec
@@ -148,14 +156,23 @@ def _train_and_evaluate(run: RunDir, exp: ExperimentConfig, seed: int, log: Log)
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
     spec = get_spec(exp.model.name)
     source, data_note = load_source(exp, log)
-    splits = make_splits(
+    # Only the files this run uses are checked; bad ones stop the run here, or are left out (skip_bad).
+    splits, bad_images = screen_images(
         source,
-        seed=seed,
-        val_fraction=exp.data.val_fraction,
-        test_fraction=exp.data.test_fraction,
-        train_per_class=exp.data.train_per_class,
-        test_per_class=exp.data.test_per_class,
+        lambda src: make_splits(
+            src,
+            seed=seed,
+            val_fraction=exp.data.val_fraction,
+            test_fraction=exp.data.test_fraction,
+            train_per_class=exp.data.train_per_class,
+            test_per_class=exp.data.test_per_class,
+        ),
+        skip_bad=exp.data.skip_bad,
+        on_bad=lambda bad: run.update_manifest(bad_images=[b.as_dict() for b in bad]),
     )
+    if bad_images:
+        log(f"[{exp.name}] left out {len(bad_images)} unusable image file(s), listed in manifest.json "
+            f"(first: {bad_images[0].path}: {bad_images[0].reason})")
     splits = check_cross_split_duplicates(splits, exp, source.name, log)
     atomic_write_with(run.split, lambda tmp: pd.DataFrame(split_table(splits)).to_csv(tmp, index=False))
     size = exp.data.image_size or spec.default_input_shape[0]
@@ -220,7 +237,45 @@ def _train_and_evaluate(run: RunDir, exp: ExperimentConfig, seed: int, log: Log)
             "train_seconds": round(run.read_manifest().get("train_seconds", 0.0), 2),
         },
     )
+    write_extras(run, model, log)
     shutil.rmtree(run.backup_dir, ignore_errors=True)
+
+
+def write_extras(run: RunDir, model, log: Log) -> None:
+    """Model card numbers (profile.json) and Grad-CAM of the most confident mistakes.
+
+    The experiment's results are already saved: a failure here is reported, not fatal.
+    """
+    from triptych.inference.gradcam import gradcam_for_run
+    from triptych.models.profile import profile_keras_model
+
+    try:
+        profile = profile_keras_model(model, measure=True)
+        profile["image_size"] = profile["input_shape"][0]
+        atomic_write_json(run.root / "profile.json", profile)
+    except Exception as err:  # noqa: BLE001 - measuring must not lose a finished training
+        log(f"[{run.name}] warning: could not measure the model ({err.__class__.__name__}: {err})")
+    try:
+        gradcam_for_run(run.root, n=4)
+    except Exception as err:  # noqa: BLE001
+        log(f"[{run.name}] warning: no Grad-CAM ({err.__class__.__name__}: {err})")
+
+
+def draw_diagrams(config: Config, out: Path, log: Log) -> None:
+    """Each architecture's key idea, drawn from the model as configured, into OUT/diagrams/."""
+    from triptych.diagrams import draw
+    from triptych.models import get_spec
+
+    drawn = set()
+    for exp in config.experiments:
+        if exp.model.name in drawn:
+            continue
+        drawn.add(exp.model.name)
+        size = exp.data.image_size or get_spec(exp.model.name).default_input_shape[0]
+        try:
+            draw(exp.model.name, out / "diagrams" / f"{exp.model.name}.svg", input_shape=(size, size, 3), **exp.model.options)
+        except Exception as err:  # noqa: BLE001 - a missing 'dot' binary must not cost the report
+            log(f"warning: no diagram for {exp.model.name} ({err.__class__.__name__}: {err})")
 
 
 def phase_data(exp: ExperimentConfig, spec, splits, size: int, seed: int):

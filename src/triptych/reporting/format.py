@@ -74,3 +74,36 @@ def p_value(value: float) -> Cell:
 
 def p_text(value: float) -> str:
     return "p < 0.0001" if value < 1e-4 else f"p = {value:.4f}"
+
+
+def gflops(macs: Any, image_size: Any = None) -> Cell:
+    """Floating-point operations per image (2 x multiply-adds), in G."""
+    if macs is None:
+        return na("no profile.json: multiply-adds were not measured")
+    at = f" at {int(image_size)}×{int(image_size)}" if image_size else ""
+    return Cell(f"{2 * float(macs) / 1e9:.2f}", css="num",
+                title=f"{float(macs) / 1e9:.3f} G multiply-adds per image{at}; 1 multiply-add = 2 FLOPs")
+
+
+def milliseconds(value: Any, title: str | None = None) -> Cell:
+    if value is None:
+        return na("no profile.json: latency was not measured")
+    return Cell(f"{float(value):,.1f}", css="num", title=title)
+
+
+def per_second(value: Any, title: str | None = None) -> Cell:
+    if value is None:
+        return na("no profile.json: throughput was not measured")
+    return Cell(f"{float(value):,.0f}", css="num", title=title)
+
+
+def megabytes(value: Any, reason: str = "not recorded", title: str | None = None) -> Cell:
+    if value is None:
+        return na(reason)
+    return Cell(f"{float(value):,.0f}", css="num", title=title)
+
+
+def image_size(value: Any) -> Cell:
+    if value is None:
+        return na("the image size was not recorded")
+    return Cell(f"{int(value)}×{int(value)}", css="num")

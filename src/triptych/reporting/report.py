@@ -6,12 +6,19 @@ failed (with the reason). A finished run without ``metrics.json`` (or with one o
 URIs and the CSS is inline, so the file opens anywhere with no network; the PNG and SVG files are
 also saved under each run's ``plots/`` and, for the comparison figures, in ``<report name>_plots/``
 beside the report.
+
+Optional inputs, shown when present: each run's ``profile.json`` (parameters, multiply-adds,
+latency, throughput) and ``gradcam/gradcam.json`` (overlays of the most confident mistakes), and
+the architecture diagrams ``diagrams/<model>.svg|png`` beside the report or beside the runs.
+``comparison.json`` (see :mod:`triptych.reporting.comparison`) is written beside the report.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -23,11 +30,12 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from triptych import __version__
 from triptych.errors import TriptychError
-from triptych.evaluation.compare import display_names, mcnemar_pairwise
+from triptych.evaluation.compare import display_names
 from triptych.evaluation.metrics import compute_metrics, evaluate_run
 from triptych.evaluation.predictions import read_predictions_csv
 from triptych.io import atomic_write_text
 from triptych.reporting import format as fmt
+from triptych.reporting.comparison import ALPHA, CARD_FIELDS, mcnemar_summary, read_profile, write_comparison
 from triptych.reporting.plots import (
     RUN_FIGURES,
     plot_roc_comparison,
@@ -39,7 +47,10 @@ from triptych.reporting.plots import (
 from triptych.rundir import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING, RunDir, experiment_dirs
 
 TEMPLATES = Path(__file__).parent / "templates"
-ALPHA = 0.05
+DIAGRAMS_DIR = "diagrams"
+GRADCAM_DIR = "gradcam"
+MAX_EMBED_BYTES = 8 * 2**20  # a bigger image file is left out of the report (with a note)
+MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 CONFIG_EXCERPT_LINES = 30
 # metrics.json keys the report draws from; an older file without them is recomputed.
 REQUIRED_METRICS = ("class_names", "accuracy", "per_class", "confusion_matrix", "roc_auc", "roc_curves", "calibration")
@@ -51,6 +62,7 @@ class EmbeddedFigure:
 
     caption: str
     data_uri: str
+    wide: bool = False  # wider than tall: the report gives it a whole row
 
 
 @dataclass
@@ -66,6 +78,9 @@ class RunView:
     history: pd.DataFrame | None = None
     figures: list[EmbeddedFigure] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    profile: dict[str, Any] | None = None
+    diagrams: list[EmbeddedFigure] = field(default_factory=list)
+    gradcam: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:
@@ -81,11 +96,15 @@ def build_report(run_dirs: Iterable[str | Path], out: str | Path, title: str = "
     out = Path(out)
     views = [load_run(run) for run in resolve_runs(run_dirs)]
     labels = display_names({v.run.name: str(v.manifest.get("model") or v.run.name) for v in views})
+    diagram_dirs = [out.parent / DIAGRAMS_DIR, *(v.run.root.parent / DIAGRAMS_DIR for v in views)]
     for view in views:
         view.label = labels[view.run.name]
         if view.finished:
             view.figures = _run_figures(view)
+            view.diagrams = _diagrams(view, diagram_dirs)
+            view.gradcam = _gradcam(view)
     finished = [v for v in views if v.finished]
+    data = write_comparison(views, out.with_name("comparison.json"))
     context = {
         "title": title,
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -94,7 +113,7 @@ def build_report(run_dirs: Iterable[str | Path], out: str | Path, title: str = "
         "finished": finished,
         "overview": [_overview_row(v) for v in views],
         "sections": [_section(v) for v in finished],
-        "comparison": _comparison(finished, out.with_name(out.stem + "_plots")),
+        "comparison": _comparison(finished, data, out.with_name(out.stem + "_plots")),
     }
     html = _environment().get_template("report.html.j2").render(**context)
     return atomic_write_text(out, html)
@@ -132,6 +151,9 @@ def load_run(run: RunDir) -> RunView:
     view.history = _read_history(view)
     if view.status == STATUS_DONE:
         view.metrics = _load_metrics(view)
+        view.profile, problem = read_profile(run)
+        if problem:
+            view.problems.append(problem)
     return view
 
 
@@ -217,8 +239,115 @@ def _run_figures(view: RunView) -> list[EmbeddedFigure]:
     return figures
 
 
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def _data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+def _read_embeddable(view: RunView, path: Path) -> bytes | None:
+    """The bytes of an image file to embed, or None (with a problem noted) when it cannot be."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_EMBED_BYTES:
+            view.problems.append(f"{path.name} is {size / 2**20:.0f} MB, too big to embed; left out")
+            return None
+        return path.read_bytes()
+    except OSError as err:
+        view.problems.append(f"cannot read {path.name}: {err.strerror or err}")
+        return None
+
+
+def _file_uri(view: RunView, path: Path) -> str | None:
+    data = _read_embeddable(view, path)
+    return None if data is None else _data_uri(data, MIME[path.suffix.lower()])
+
+
+_SVG_SIZE = re.compile(rb"<svg\b[^>]*?\swidth=\"([\d.]+)[a-z]*\"[^>]*?\sheight=\"([\d.]+)[a-z]*\"", re.S)
+
+
+def _aspect(data: bytes, suffix: str) -> float | None:
+    """Width / height of a PNG or SVG image, or None when it cannot be told."""
+    if suffix == ".png" and data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+    else:
+        match = _SVG_SIZE.search(data[:4096])
+        if not match:
+            return None
+        width, height = float(match[1]), float(match[2])
+    return width / height if height else None
+
+
+def _diagrams(view: RunView, folders: list[Path]) -> list[EmbeddedFigure]:
+    """The model's architecture drawings, ``diagrams/<model>[_<part>].svg|png``, from the first
+    folder that has any (beside the report, else beside the run). The PNG is preferred: graphviz
+    renders it itself, while its SVG places sub- and superscripts for its own font metrics, so
+    they overlap in a browser; the SVG is the fallback."""
+    model = str(view.manifest.get("model") or "")
+    if not model:
+        return []
+    for folder in dict.fromkeys(folders):  # in order, without repeats
+        if not folder.is_dir():
+            continue
+        files: dict[str, dict[str, Path]] = {}
+        for path in folder.iterdir():
+            suffix = path.suffix.lower()
+            if suffix in (".svg", ".png") and (path.stem == model or path.stem.startswith(model + "_")) and path.is_file():
+                files.setdefault(path.stem, {})[suffix] = path
+        if not files:
+            continue
+        figures = []
+        for stem in sorted(files, key=lambda s: (s != model, s)):  # the main drawing first
+            for path in (files[stem].get(".png"), files[stem].get(".svg")):
+                data = None if path is None else _read_embeddable(view, path)
+                if data is not None:
+                    break
+            if data is None:
+                continue
+            suffix = path.suffix.lower()
+            part = stem[len(model) + 1:].replace("_", " ")
+            what = f"{model}: {part}" if part else model
+            aspect = _aspect(data, suffix)
+            figures.append(EmbeddedFigure(
+                f"Architecture of {what}, drawn from the built model graph ({DIAGRAMS_DIR}/{path.name})",
+                _data_uri(data, MIME[suffix]), wide=aspect is not None and aspect > 1.4))
+        return figures
+    return []
+
+
+def _gradcam(view: RunView) -> dict[str, Any] | None:
+    """The Grad-CAM gallery from ``gradcam/gradcam.json``: overlays embedded, most confident first."""
+    folder = view.run.root / GRADCAM_DIR
+    index = folder / "gradcam.json"
+    if not index.is_file():
+        return None
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+        items = data.get("items") or []
+        if not isinstance(items, list):
+            raise TypeError("items is not a list")
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        view.problems.append(f"gradcam/gradcam.json unreadable: {err}")
+        return None
+    shown, missing = [], 0
+    for item in items:
+        overlay = folder / str(item.get("overlay") or "") if isinstance(item, dict) else folder
+        inside = overlay.resolve().parent == folder.resolve() or folder.resolve() in overlay.resolve().parents
+        if not inside or overlay.suffix.lower() not in MIME or not overlay.is_file():
+            missing += 1
+            continue
+        uri = _file_uri(view, overlay)
+        if uri is None:
+            missing += 1
+            continue
+        prob = item.get("prob")
+        shown.append({
+            "uri": uri,
+            "true": str(item.get("true", "?")),
+            "pred": str(item.get("pred", "?")),
+            "prob": fmt.NA if prob is None else f"{float(prob):.3f}",
+            "path": str(item.get("path") or overlay.name),
+            "name": Path(str(item.get("path") or overlay.name)).name,
+        })
+    return {"layer": data.get("layer"), "explains": data.get("explains"), "items": shown, "missing": missing}
 
 
 # --- view models -----------------------------------------------------------------------------
@@ -244,6 +373,8 @@ def _section(view: RunView) -> dict[str, Any]:
         "view": view,
         "info": _manifest_info(view),
         "weights_warning": _weights_warning(view.manifest),
+        "data_note": _data_note(view.manifest),
+        "profile": _profile_rows(view.profile),
         "config": _config_excerpt(view.run),
         "manifest_json": json.dumps(view.manifest, indent=2, default=str),
         "summary": _summary(m),
@@ -255,12 +386,17 @@ def _section(view: RunView) -> dict[str, Any]:
 # Manifest fields shown at the top of a model's section: label -> candidate keys.
 _INFO_FIELDS = {
     "model": ("model",),
+    "family": ("family",),
     "weights": ("weights", "weights_origin"),
+    "weights note": ("weights_note",),
     "seed": ("seed",),
+    "image size": ("image_size",),
     "data": ("data", "dataset", "data_dir", "data_source"),
     "data fingerprint": ("data_fingerprint", "data_sha256"),
+    "phases done": ("phases_done",),
+    "feature cache": ("feature_cache",),
     "started": ("started_at", "start_time", "started"),
-    "ended": ("ended_at", "end_time", "ended", "finished_at"),
+    "ended": ("ended_at", "end_time", "ended", "finished_at", "finished"),
     "git sha": ("git_sha", "git_commit"),
     "versions": ("versions",),
 }
@@ -270,17 +406,77 @@ def _manifest_info(view: RunView) -> list[tuple[str, fmt.Cell]]:
     rows = [("experiment", fmt.Cell(view.run.name))]
     for label, keys in _INFO_FIELDS.items():
         value = next((view.manifest[k] for k in keys if view.manifest.get(k) is not None), None)
-        if value is not None:
+        if value is None or (label == "weights note" and _weights_warning(view.manifest)):
+            continue  # the red warning above the section already says it
+        if label == "image size" and isinstance(value, (int, float)):
+            rows.append((label, fmt.image_size(value)))
+        elif label == "data" and isinstance(value, dict):
+            rows.append((label, fmt.Cell(_data_text(value))))
+        elif label == "feature cache" and isinstance(value, dict):
+            rows.append((label, fmt.Cell(_feature_cache_text(value))))
+        else:
             rows.append((label, fmt.Cell(_plain(value))))
     rows.append(("training time", fmt.duration(_trainer_field(view, "train_seconds"))))
     rows.append(("parameters", fmt.params(_trainer_field(view, "params"))))
+    if view.manifest.get("peak_rss_mb") is not None:
+        rows.append(("peak memory", fmt.Cell(f"{float(view.manifest['peak_rss_mb']):,.0f} MB",
+                                             title="peak resident memory (RSS) of the training process")))
     return rows
 
 
+def _data_text(data: dict[str, Any]) -> str:
+    """``cifar10: 900 train / 100 val / 300 test images`` (the fingerprints stay in the manifest)."""
+    counts = " / ".join(f"{data[k]:,} {k}" for k in ("train", "val", "test") if isinstance(data.get(k), int))
+    origin = data.get("origin") or data.get("name") or data.get("path")
+    text = ": ".join(str(x) for x in (origin, counts and counts + " images") if x)
+    return text or _plain({k: v for k, v in data.items() if k not in ("fingerprint", "note")})
+
+
+def _data_note(manifest: dict[str, Any]) -> str | None:
+    data = manifest.get("data")
+    return str(data["note"]) if isinstance(data, dict) and data.get("note") else None
+
+
+def _feature_cache_text(cache: dict[str, Any]) -> str:
+    parts = ["reused from the cache" if cache.get("hit") else "computed"]
+    shape = cache.get("train_features")
+    if isinstance(shape, (list, tuple)) and shape:
+        parts.append("train features " + "×".join(f"{int(d):,}" for d in shape))
+    details = [str(cache["dtype"])] if cache.get("dtype") else []
+    if cache.get("views") is not None:
+        details.append(f"{cache['views']} view{'s' if cache['views'] != 1 else ''}")
+    if cache.get("seconds") is not None:
+        details.append(f"{float(cache['seconds']):.1f} s")
+    return ", ".join(parts) + (f" ({', '.join(details)})" if details else "")
+
+
+def _profile_rows(profile: dict[str, Any] | None) -> list[tuple[str, fmt.Cell]]:
+    """The measured model card (``profile.json``), or nothing when the run has none."""
+    if not profile:
+        return []
+    p = profile
+    size = p.get("image_size") or (p.get("input_shape") or [None])[0]
+    at = f" at {int(size)}×{int(size)}" if size else ""
+    macs = p.get("macs") if p.get("macs") is not None else (None if p.get("gmacs") is None else p["gmacs"] * 1e9)
+    return [
+        ("parameters", fmt.params(p.get("params"))),
+        ("trainable parameters", fmt.params(p.get("trainable_params"))),
+        (f"multiply-adds / image{at}", fmt.na("not measured") if macs is None else
+         fmt.Cell(f"{macs / 1e9:.2f} G", css="num", title=f"{int(macs):,} multiply-adds")),
+        ("GFLOPs / image", fmt.gflops(macs, size)),
+        ("weights size (MB)", fmt.megabytes(p.get("weights_mb"), "not measured")),
+        ("latency, batch 1 (ms)", fmt.milliseconds(p.get("latency_ms"))),
+        (f"throughput, batch {p.get('batch_size') or '?'} (img/s)", fmt.per_second(p.get("throughput_img_s"))),
+        ("measured on", fmt.Cell(str(p["device"])) if p.get("device") else fmt.na("not recorded")),
+    ]
+
+
 def _trainer_field(view: RunView, key: str) -> Any:
-    """``params`` / ``train_seconds``: from metrics.json, else from the manifest, else None."""
-    value = (view.metrics or {}).get(key)
-    return value if value is not None else view.manifest.get(key)
+    """``params`` / ``train_seconds``: from metrics.json, else the manifest, else profile.json, else None."""
+    for source in (view.metrics, view.manifest, view.profile):
+        if (source or {}).get(key) is not None:
+            return source[key]
+    return None
 
 
 def _plain(value: Any) -> str:
@@ -292,11 +488,15 @@ def _plain(value: Any) -> str:
 
 
 def _weights_warning(manifest: dict[str, Any]) -> str | None:
+    """A red warning when the weights are not what the model expected, with the trainer's reason."""
     if manifest.get("weights_warning"):
-        return str(manifest["weights_warning"])
-    if manifest.get("weights") == "random" and manifest.get("expected_pretrained") is True:
-        return "pretrained weights were expected, but this model was trained from random initialisation"
-    return None
+        text = str(manifest["weights_warning"])
+    elif manifest.get("weights") == "random" and manifest.get("expected_pretrained") is True:
+        text = "pretrained weights were expected, but this model was trained from random initialisation"
+    else:
+        return None
+    note = manifest.get("weights_note")
+    return f"{text}. Why: {note}" if note and str(note) not in text else text
 
 
 def _config_excerpt(run: RunDir) -> str | None:
@@ -378,69 +578,95 @@ def _report_from_per_class(m: dict[str, Any]) -> dict[str, Any]:
 # --- comparison ------------------------------------------------------------------------------
 
 
-def _comparison(finished: list[RunView], plots_dir: Path) -> dict[str, Any]:
+def _comparison(finished: list[RunView], data: dict[str, Any], plots_dir: Path) -> dict[str, Any]:
+    """The comparison section from ``comparison.json``'s ``data`` (one row per finished model)."""
     if not finished:
-        return {"rows": [], "mcnemar": None, "figures": []}
+        return {"rows": [], "mcnemar": None, "figures": [], "qualitative": [], "published": None, "cards_problem": None}
     return {
-        "rows": _comparison_rows(finished),
-        "mcnemar": _mcnemar(finished),
+        "rows": _comparison_rows(finished, data["rows"]),
+        "mcnemar": _mcnemar_view(data["mcnemar"]),
+        "qualitative": _qualitative_rows(data["rows"]),
+        "published": data["published"],
+        "cards_problem": data.get("cards_problem"),
         "figures": _comparison_figures(finished, plots_dir),
     }
 
 
-def _comparison_rows(finished: list[RunView]) -> list[dict[str, Any]]:
-    best = {
-        "accuracy": _best(finished, "accuracy", max),
-        "macro_f1": _best(finished, "macro_f1", max),
-        "macro_auc": _best(finished, "macro_auc", max),
-        "ece": _best(finished, "ece", min),
-    }
+# comparison.json key -> which value is best (bold) in the measured table.
+_BEST = {
+    "accuracy": max, "macro_f1": max, "macro_auc": max, "throughput": max,
+    "ece": min, "params": min, "flops": min, "latency_ms": min, "train_seconds": min, "peak_memory_mb": min,
+}
+
+
+def _comparison_rows(finished: list[RunView], data_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The measured table: test metrics and costs, one row per model, best of each column bold."""
+    by_experiment = {row["experiment"]: row for row in data_rows}
+    best = {}
+    for key, pick in _BEST.items():
+        values = [row[key] for row in data_rows if row.get(key) is not None]
+        best[key] = pick(values) if values else None
     rows = []
     for v in finished:
-        m = v.metrics
+        m, d = v.metrics, by_experiment[v.run.name]
+        device = f" on {d['device']}" if d.get("device") else ""
+        warning = _weights_warning(v.manifest)
         cells = {
             "accuracy": fmt.with_ci(m.get("accuracy"), m.get("accuracy_ci95")),
             "macro_f1": fmt.with_ci(m.get("macro_f1"), m.get("macro_f1_ci95")),
             "macro_auc": _macro_auc_cell(m),
-            "ece": fmt.number(m.get("ece")),
+            "ece": fmt.number(d["ece"]),
+            "params": fmt.params(d["params"]),
+            "flops": fmt.gflops(d["macs"], d["image_size"]),
+            "latency_ms": fmt.milliseconds(d["latency_ms"], title=f"median of batch-1 predictions{device}"),
+            "throughput": fmt.per_second(d["throughput"], title=f"images per second at batch {d['batch_size'] or '?'}{device}"),
+            "train_seconds": fmt.duration(d["train_seconds"]),
+            "peak_memory_mb": fmt.megabytes(d["peak_memory_mb"], "peak memory was not recorded",
+                                            title="peak resident memory (RSS) of the training process, MB"),
         }
         # Bold the best value of each column (only meaningful with more than one model).
         for key, cell in cells.items():
-            if len(finished) > 1 and not cell.is_na and m.get(key) == best[key]:
+            if len(finished) > 1 and not cell.is_na and d.get(key) is not None and d[key] == best[key]:
                 cells[key] = replace(cell, css=cell.css + " best")
-        rows.append({"view": v, **cells, "params": fmt.params(_trainer_field(v, "params")),
-                     "time": fmt.duration(_trainer_field(v, "train_seconds")), "n_test": fmt.integer(m.get("n_test"))})
+        weights = d.get("weights")
+        rows.append({
+            "view": v, **cells,
+            "n_test": fmt.integer(m.get("n_test")),
+            "image_size": fmt.image_size(d["image_size"]),
+            "weights": fmt.Cell(str(weights), title=warning or d.get("weights_note"), css="status-bad" if warning else "")
+            if weights else fmt.na("the weights origin was not recorded"),
+        })
     return rows
 
 
-def _best(views: list[RunView], key: str, pick: Any) -> float | None:
-    values = [v.metrics[key] for v in views if v.metrics.get(key) is not None]
-    return pick(values) if values else None
+def _qualitative_rows(data_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The model cards of the families compared, one row per family (its models listed)."""
+    families: dict[str, dict[str, Any]] = {}
+    for row in data_rows:
+        if not row.get("architecture"):
+            continue
+        entry = families.setdefault(row["family"], {"family": row["family"], "models": [],
+                                                    **{k: row[k] for k in CARD_FIELDS}})
+        if row["label"] not in entry["models"]:
+            entry["models"].append(row["label"])
+    return list(families.values())
 
 
 def _mcnemar(finished: list[RunView]) -> dict[str, Any] | None:
-    paired = [v for v in finished if v.run.predictions.is_file()]
-    left_out = [v.label for v in finished if v not in paired]
-    if len(paired) < 2:
-        return None
-    try:
-        results = mcnemar_pairwise([v.run for v in paired])
-    except TriptychError as err:
-        return {"error": str(err), "rows": [], "sentence": "", "left_out": left_out}
-    from statsmodels.stats.multitest import multipletests  # slow import, needed only here
+    return _mcnemar_view(mcnemar_summary(finished))
 
-    labels = {v.run.name: v.label for v in paired}
-    holm = multipletests([r["p_value"] for r in results], method="holm")[1]
-    rows = []
-    for r, adjusted in zip(results, holm):
-        a, b = labels[r["experiment_a"]], labels[r["experiment_b"]]
-        rows.append({
-            "a": a, "b": b, "n": r["n"], "only_a": r["b"], "only_b": r["c"],
-            "exact": r["exact"],
-            "statistic": fmt.number(r["statistic"], 3), "p": fmt.p_value(r["p_value"]), "p_holm": fmt.p_value(adjusted),
-            "significant": r["p_value"] < ALPHA, "p_value": r["p_value"],
-        })
-    return {"error": None, "rows": rows, "sentence": _mcnemar_sentence(rows), "left_out": left_out}
+
+def _mcnemar_view(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """McNemar rows for the template; None when fewer than two models could be paired."""
+    if len(summary["compared"]) < 2:
+        return None
+    rows = [{
+        "a": r["model_a"], "b": r["model_b"], "n": r["n"], "only_a": r["only_a_right"], "only_b": r["only_b_right"],
+        "exact": r["exact"], "statistic": fmt.number(r["statistic"], 3), "p": fmt.p_value(r["p_value"]),
+        "p_holm": fmt.p_value(r["p_holm"]), "significant": r["significant"], "p_value": r["p_value"],
+    } for r in summary["pairs"]]
+    sentence = _mcnemar_sentence(rows) if rows else ""
+    return {"error": summary["error"], "rows": rows, "sentence": sentence, "left_out": summary["left_out"]}
 
 
 def _mcnemar_sentence(rows: list[dict[str, Any]]) -> str:

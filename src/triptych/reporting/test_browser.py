@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from triptych.evaluation.synthetic import ART_CLASSES, write_synthetic_run
-from triptych.reporting import build_report
+from triptych.evaluation.synthetic import ART_CLASSES
+from triptych.reporting.conftest import FAILED, MODELS
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-MODELS = {"resnet50_scratch": ("resnet50", 1.0), "xception_ft": ("xception", 2.2)}
-FAILED = ("densenet121_ft", "densenet121", "CUDA out of memory")
+# per finished model: 7 figures, 2 Grad-CAM overlays; diagrams: resnet50, xception (+ separable); 2 comparison figures
+EXPECTED_IMAGES = len(MODELS) * (7 + 2) + 3 + 2
 
 
 def _require_browser() -> None:
@@ -40,14 +40,13 @@ def _require_browser() -> None:
 
 
 @pytest.mark.browser
-def test_report_looks_right_in_chromium(tmp_path):
+def test_report_looks_right_in_chromium(report_path, tmp_path):
+    """The shared report (conftest.py): two models with profiles, diagrams and Grad-CAM, a failed
+    and a running experiment."""
     _require_browser()
     from playwright.sync_api import sync_playwright
 
-    for name, (model, skill) in MODELS.items():
-        write_synthetic_run(tmp_path, name, model=model, skill=skill, seed=len(name), n_test=300, epochs=5)
-    write_synthetic_run(tmp_path, FAILED[0], model=FAILED[1], status="failed", manifest={"reason": FAILED[2]})
-    report = build_report([tmp_path], tmp_path / "report.html", title="Art style classifiers")
+    report = report_path
 
     console_errors: list[str] = []
     requests: list[str] = []
@@ -62,6 +61,11 @@ def test_report_looks_right_in_chromium(tmp_path):
             images = page.evaluate("Array.from(document.images, i => [i.alt, i.complete, i.naturalWidth])")
             tables = "\n".join(page.locator("table").all_inner_texts())
             overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            # tables wider than their box (scrolling sideways inside it)
+            clipped = page.evaluate(
+                "Array.from(document.querySelectorAll('.scroll'), d => d.scrollWidth - d.clientWidth).filter(x => x > 0)")
+            headings = page.locator("h3").all_inner_texts()
+            reference = page.locator(".reference").inner_text()
             shot = tmp_path / "report.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:
@@ -74,9 +78,17 @@ def test_report_looks_right_in_chromium(tmp_path):
 
     assert console_errors == []
     assert all(url.startswith(("file:", "data:")) for url in requests), requests  # nothing from the network
-    assert len(images) == len(MODELS) * 7 + 2
+    assert len(images) == EXPECTED_IMAGES, [alt for alt, _, _ in images]
     assert all(complete and width > 0 for _, complete, width in images), [alt for alt, _, w in images if not w]
+    assert sum("Grad-CAM overlay" in alt for alt, _, _ in images) == 2 * len(MODELS)
+    assert sum("drawn from the built model graph" in alt for alt, _, _ in images) == 3
     for name in [*ART_CLASSES, *(m for m, _ in MODELS.values()), *MODELS, *FAILED]:
         assert name in tables, name
+    for text in ("GFLOPs / image", "throughput (img/s)", "peak memory (MB)", "key innovation", "best use case"):
+        assert text in tables, text
+    assert headings.count("Grad-CAM: most confident mistakes") == len(MODELS)
+    assert headings.count("Architecture") == len(MODELS)
+    assert "REFERENCE ONLY" in reference and "published, different data (seed study" in reference.lower()
     assert overflow <= 0, "the page scrolls sideways at 1400 px"
+    assert clipped == [], "a table is wider than the page at 1400 px"
     assert shot.stat().st_size > 50_000

@@ -16,28 +16,28 @@ import pytest
 from triptych.errors import TriptychError
 from triptych.evaluation.synthetic import ART_CLASSES, write_synthetic_run
 from triptych.reporting import build_report
+from triptych.reporting.comparison import ROW_KEYS, write_comparison
+from triptych.reporting.conftest import WEIGHTS_NOTE
 from triptych.reporting.report import _mcnemar, load_run, resolve_runs
 
 SRC = Path(__file__).resolve().parents[2]
+PUBLISHED_TITLE = "published, different data (seed study: ~20,000 WikiArt images, 4,040-image test set)"
+
+# out_dir and report_path (one shared report of synthetic runs) come from conftest.py.
 
 
 @pytest.fixture(scope="module")
-def out_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("runs")
-    write_synthetic_run(root, "resnet50_scratch", model="resnet50", skill=1.0, seed=1)
-    # no metrics.json (the report computes it) and random weights where pretrained ones were expected
-    write_synthetic_run(root, "xception_ft", model="xception", skill=2.2, seed=2, evaluate=False,
-                        manifest={"weights": "random", "expected_pretrained": True})
-    write_synthetic_run(root, "crashed", model="resnet18", status="failed", manifest={"reason": "CUDA out of memory"})
-    write_synthetic_run(root, "busy", model="resnet34", status="running")
-    return root
+def html(report_path) -> str:
+    return report_path.read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
-def html(out_dir) -> str:
-    path = build_report([out_dir], out_dir / "report.html", title="Art styles")
-    assert path == out_dir / "report.html"
-    return path.read_text(encoding="utf-8")
+def comparison(report_path) -> dict:
+    return json.loads((report_path.parent / "comparison.json").read_text(encoding="utf-8"))
+
+
+def section(html: str, anchor: str) -> str:
+    return html.split(f'id="{anchor}"')[1].split("<section")[0]
 
 
 def visible_text(html: str) -> str:
@@ -52,7 +52,10 @@ def test_report_has_a_section_per_finished_model_and_comparison(html):
     assert 'id="comparison"' in html and "McNemar" in html
     for cls in ART_CLASSES:
         assert f"<th>{cls}</th>" in html
-    assert html.count('src="data:image/png;base64,') == 2 * 7 + 2
+    # per model: 7 figures and 2 Grad-CAM overlays; 2 comparison figures; 3 diagrams (resnet50,
+    # xception, xception_separable): all PNG
+    assert html.count('src="data:image/png;base64,') == 2 * (7 + 2) + 2 + 3
+    assert 'src="data:image/svg+xml' not in html
     assert "Macro-average ROC curves of all models" in html and "Validation accuracy of all models" in html
 
 
@@ -71,9 +74,110 @@ def test_missing_metrics_json_is_computed(out_dir, html):
 
 
 def test_random_weights_where_pretrained_expected_is_red(html):
-    section = html.split('id="run-xception-ft"')[1].split("<section")[0]
-    assert 'class="warning">Weights: pretrained weights were expected' in section
-    assert '<td class="status-bad">random</td>' in section
+    xception = section(html, "run-xception-ft")
+    assert 'class="warning">Weights: pretrained weights were expected' in xception
+    assert f"Why: {WEIGHTS_NOTE}" in xception  # the trainer's reason, in the red box
+    assert '<td class="status-bad">random</td>' in xception
+    # a from-scratch ResNet was meant to be random: no warning
+    assert 'class="warning">Weights' not in section(html, "run-resnet50-scratch")
+    measured = html.split('class="wide measured"')[1].split("</table>")[0]
+    assert measured.count('class="weights status-bad"') == 1
+
+
+def test_comparison_json_has_every_key_for_every_model(out_dir, comparison):
+    assert [r["experiment"] for r in comparison["rows"]] == ["resnet50_scratch", "xception_ft"]
+    for row in comparison["rows"]:
+        assert tuple(row) == ROW_KEYS
+        assert all(row[k] is not None for k in ROW_KEYS if k != "weights_note"), row
+        assert row["flops"] == 2 * row["macs"] and row["gmacs"] == round(row["macs"] / 1e9, 3)
+        assert isinstance(row["pros"], list) and row["pros"]
+    resnet, xception = comparison["rows"]
+    assert (resnet["model"], resnet["family"], resnet["image_size"], resnet["weights"]) == ("resnet50", "resnet", 224, "random")
+    assert xception["weights_note"] == WEIGHTS_NOTE and xception["peak_memory_mb"] == 3500.0
+    assert xception["throughput"] == 230.0 and xception["latency_ms"] == 14.2
+    assert xception["architecture"].startswith("A linear stack of depthwise separable")
+    (pair,) = comparison["mcnemar"]["pairs"]
+    assert {pair["experiment_a"], pair["experiment_b"]} == {"resnet50_scratch", "xception_ft"}
+    assert 0 <= pair["p_value"] <= pair["p_holm"] <= 1 and pair["significant"] is True
+    published = comparison["published"]
+    assert published["title"] == PUBLISHED_TITLE and published["comparable_with_our_rows"] is False
+    assert {r["model"]: r["accuracy"] for r in published["rows"]} == {"resnet50": 0.60, "xception": 0.65, "densenet121": 0.72}
+
+
+def test_comparison_json_without_optional_inputs_is_null_not_missing(tmp_path):
+    run = write_synthetic_run(tmp_path, "plain", model="densenet121", n_test=60)  # no profile.json, no extras
+    write_synthetic_run(tmp_path, "busy", status="running")
+    data = write_comparison([tmp_path], tmp_path / "comparison.json")
+    assert json.loads((tmp_path / "comparison.json").read_text()) == json.loads(json.dumps(data))
+    (row,) = data["rows"]
+    assert tuple(row) == ROW_KEYS and row["experiment"] == run.name
+    assert row["family"] == "densenet" and row["best_use_case"]  # family from the registry
+    for key in ("macs", "gmacs", "flops", "latency_ms", "throughput", "peak_memory_mb", "image_size"):
+        assert row[key] is None, key
+    assert row["params"] == 1_000_000  # from metrics.json when there is no profile.json
+    assert data["mcnemar"]["pairs"] == [] and "at least two" in data["mcnemar"]["error"]
+
+
+def test_measured_table_has_costs_and_marks_the_best(html, comparison):
+    measured = html.split('class="wide measured"')[1].split("</table>")[0]
+    for header in ("GFLOPs / image", "latency (ms)", "throughput (img/s)", "peak memory (MB)", "image size", "weights"):
+        assert header in measured
+    resnet = comparison["rows"][0]
+    # resnet50: fewer FLOPs, lower latency and memory, more throughput; xception: fewer parameters
+    assert f'class="num best" title="{resnet["gmacs"]:.3f} G multiply-adds per image at 224×224' in measured
+    assert '<td class="num best" title="median of batch-1 predictions on GPU (1)">9.8</td>' in measured
+    assert '<td class="num best" title="images per second at batch 32 on GPU (1)">410</td>' in measured
+    assert '<td class="num best" title="peak resident memory (RSS) of the training process, MB">3,250</td>' in measured
+    assert '<td class="num best" title="20,870,002 parameters">20.9 M</td>' in measured
+    assert "299×299" in measured
+
+
+def test_qualitative_cards_and_published_reference(html):
+    comparison_section = section(html, "comparison")
+    cards = comparison_section.split('class="cards"')[1].split("</table>")[0]
+    assert cards.count("<tr>") == 3  # header + resnet + xception
+    for text in ("Shortcut connections", "Depthwise separable convolutions", "best use case", "<li>"):
+        assert text in cards
+    reference = comparison_section.split('class="reference"')[1]
+    assert "Published, different data (seed study: ~20,000 WikiArt images, 4,040-image test set)" in reference
+    assert "not our results" in reference and "<td>densenet121</td>" in reference and ">0.72<" in reference
+    # the published numbers are never inside our measured table
+    measured = comparison_section.split('class="wide measured"')[1].split("</table>")[0]
+    assert "0.72" not in measured and "published" not in measured
+
+
+def test_model_sections_show_diagrams_gradcam_and_run_notes(html):
+    xception = section(html, "run-xception-ft")
+    diagrams = xception.split('<div class="diagrams">')[1].split("</div>")[0]
+    assert diagrams.count('<img src="data:image/png;base64,') == 2
+    assert "Architecture of xception, drawn from the built model graph (diagrams/xception.png)" in xception
+    assert "Architecture of xception: separable, drawn from the built model graph" in xception
+    gallery = xception.split("Grad-CAM: most confident mistakes")[1]
+    assert gallery.count('<img src="data:image/png;base64,') == 2
+    assert "predicted <span class=\"wrong\">" in gallery and "(p = 0." in gallery and "stage4_block3_out" in gallery
+    assert 'class="caution">Data: data/wikiart not found: fell back to cifar10' in xception
+    assert '<th>feature cache</th><td class="">computed, train features 900×2,048 (float16, 1 view, 12.5 s)</td>' in xception
+    assert '<th>phases done</th><td class="">head, fine-tune</td>' in xception
+    assert "synthetic: 900 train / 100 val / 300 test images" in xception
+    assert "Model profile" in xception and "GPU (1)" in xception
+    resnet = section(html, "run-resnet50-scratch")
+    assert "(diagrams/resnet50.png)" in resnet and "xception" not in resnet.split("Figures")[0]
+
+
+def test_diagram_svg_is_the_fallback_and_wide_drawings_get_a_row(tmp_path):
+    from triptych.evaluation.synthetic import tiny_png, tiny_svg
+    from triptych.reporting.report import _diagrams
+
+    view = load_run(write_synthetic_run(tmp_path / "out", "d", model="densenet121", evaluate=False, status="running"))
+    folder = tmp_path / "out" / "diagrams"
+    folder.mkdir()
+    (folder / "densenet121.svg").write_text(tiny_svg("densenet121"))  # 460 x 120: wide
+    (folder / "densenet121_extra.png").write_bytes(tiny_png(20, 40))  # tall
+    (folder / "densenet1210.png").write_bytes(tiny_png())  # another model's name: not shown
+    figures = _diagrams(view, [tmp_path / "nowhere", folder])
+    assert [f.data_uri.split(";")[0] for f in figures] == ["data:image/svg+xml", "data:image/png"]
+    assert [f.wide for f in figures] == [True, False]
+    assert "densenet121: extra" in figures[1].caption
 
 
 def test_mcnemar_sentence_and_table(html):
@@ -93,7 +197,8 @@ def test_plots_are_saved_beside_runs_and_report(out_dir, html):
     assert (out_dir / "xception_ft" / "plots" / "confusion_matrix.svg").is_file()
     assert (out_dir / "xception_ft" / "plots" / "roc.png").is_file()
     assert (out_dir / "report_plots" / "comparison_roc.svg").is_file()
-    assert not [p for p in out_dir.iterdir() if p.name.startswith(".report")]  # atomic write left nothing
+    assert (out_dir / "comparison.json").is_file()
+    assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]  # atomic writes left nothing
 
 
 def test_undefined_values_show_na_with_reason(tmp_path, monkeypatch):
@@ -106,6 +211,26 @@ def test_undefined_values_show_na_with_reason(tmp_path, monkeypatch):
     assert '<abbr title="no test example of class Expressionism, so its ROC AUC is undefined">n/a</abbr>' in html
     assert "macro ROC AUC averages only the 2 of 3 classes" in html
     assert "Needs at least two finished models" in html
+    # no profile.json, gradcam/ or diagrams: those parts are simply absent
+    assert "Model profile" not in html and "Grad-CAM" not in html and "<h3>Architecture</h3>" not in html
+    assert "Published, different data" in html and (tmp_path / "comparison.json").is_file()
+
+
+def test_gradcam_gallery_skips_missing_overlays_and_survives_a_broken_index(tmp_path):
+    from triptych.reporting.report import _gradcam
+
+    run = write_synthetic_run(tmp_path, "g", n_test=60, extras=True)
+    index = run.root / "gradcam" / "gradcam.json"
+    data = json.loads(index.read_text())
+    data["items"].append({"path": "x.jpg", "true": "a", "pred": "b", "prob": None, "overlay": "gone.png"})
+    data["items"].append({"path": "y.jpg", "true": "a", "pred": "b", "prob": 0.9, "overlay": "../manifest.json"})
+    index.write_text(json.dumps(data))
+    gallery = _gradcam(load_run(run))
+    assert len(gallery["items"]) == 2 and gallery["missing"] == 2
+    assert all(item["uri"].startswith("data:image/png;base64,") for item in gallery["items"])
+    index.write_text("{not json")
+    view = load_run(run)
+    assert _gradcam(view) is None and "gradcam/gradcam.json unreadable" in view.problems[0]
 
 
 def test_mcnemar_refusal_is_shown_not_fatal(tmp_path):
