@@ -39,7 +39,10 @@ def build_pretrained(
     x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
     x = layers.Dropout(dropout, name="head_dropout")(x)
     regularizer = keras.regularizers.L2(l2) if l2 else None
-    outputs = layers.Dense(num_classes, activation="softmax", kernel_regularizer=regularizer, name="predictions")(x)
+    # float32 even under mixed precision: a 16-bit softmax saturates and its log underflows.
+    outputs = layers.Dense(
+        num_classes, activation="softmax", kernel_regularizer=regularizer, dtype="float32", name="predictions"
+    )(x)
     return keras.Model(inputs, outputs, name=arch)
 
 
@@ -55,12 +58,23 @@ def _backbone(arch: str, input_shape, weights: str | None) -> keras.Model:
             ) from err
     else:
         base = make(include_top=False, weights=None, input_shape=input_shape)
+        if not weights:
+            _faster_batchnorm_statistics(base)
         if weights:
             from triptych.models.registry import load_weights_file
 
             load_weights_file(base, Path(weights).expanduser())
     base.name = "base"
     return base
+
+
+def _faster_batchnorm_statistics(base: keras.Model) -> None:
+    """From random weights, BatchNorm's moving statistics must be learnt: momentum 0.9 (PyTorch's
+    default, as in our ResNets) lets them catch up within a short run, where Keras's 0.99 leaves
+    validation on near-initial statistics for hundreds of steps."""
+    for layer in base.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = 0.9
 
 
 def head_layers(model: keras.Model) -> list[keras.layers.Layer]:

@@ -101,7 +101,8 @@ def ResNet(
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         if dropout > 0:
             x = layers.Dropout(dropout, name="head_dropout")(x)
-        x = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+        # float32 even under mixed precision: a 16-bit softmax saturates and its log underflows.
+        x = layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, x, name=name or depth)
 
 

@@ -95,3 +95,11 @@ def test_unfreeze_last_layers_and_xception_block_names():
     assert trainable and all(name.startswith("block14") for name in trainable)
     unfreeze(model, last_layers=5)
     assert sum(layer.trainable for layer in model.get_layer("base").layers) <= 5
+
+
+def test_random_backbone_learns_batchnorm_statistics_faster(densenet_weights_file):
+    path, _ = densenet_weights_file
+    random = build("densenet121", 3, (32, 32, 3))
+    pretrained = build("densenet121", 3, (32, 32, 3), weights=str(path))
+    assert random.get_layer("base").get_layer("conv1_bn").momentum == 0.9
+    assert pretrained.get_layer("base").get_layer("conv1_bn").momentum == 0.99
