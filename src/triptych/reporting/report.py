@@ -487,6 +487,12 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
+def _short_weights(origin: str) -> str:
+    """'local file x.weights.h5 (sha256 ...)' -> 'local file' for the narrow table; the full
+    origin is in the cell's tooltip and in the model's own section."""
+    return "local file" if origin.startswith("local file") else origin
+
+
 def _weights_warning(manifest: dict[str, Any]) -> str | None:
     """A red warning when the weights are not what the model expected, with the trainer's reason."""
     if manifest.get("weights_warning"):
@@ -633,7 +639,11 @@ def _comparison_rows(finished: list[RunView], data_rows: list[dict[str, Any]]) -
             "view": v, **cells,
             "n_test": fmt.integer(m.get("n_test")),
             "image_size": fmt.image_size(d["image_size"]),
-            "weights": fmt.Cell(str(weights), title=warning or d.get("weights_note"), css="status-bad" if warning else "")
+            "weights": fmt.Cell(
+                _short_weights(str(weights)),
+                title=" - ".join(t for t in (str(weights), warning or d.get("weights_note")) if t),
+                css="status-bad" if warning else "",
+            )
             if weights else fmt.na("the weights origin was not recorded"),
         })
     return rows
