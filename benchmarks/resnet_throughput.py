@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from triptych.models import build  # noqa: E402
+from triptych.training.trainer import without_autotune_wait  # noqa: E402
 
 
 def make_models(size: int, num_classes: int = 10) -> dict[str, keras.Model]:
@@ -35,6 +36,8 @@ def images_per_second(model: keras.Model, size: int, batch: int, steps: int) -> 
     x = rng.uniform(-1, 1, (batch, size, size, 3)).astype("float32")
     y = keras.utils.to_categorical(rng.integers(0, 10, batch), 10)
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
+    # Without this, fit's end waits for tf.data's autotune thread: timings snap to 10 ms x (2^k - 1).
+    data = without_autotune_wait(data)
     started = time.perf_counter()
     model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
     return batch * steps / (time.perf_counter() - started)

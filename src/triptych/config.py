@@ -41,6 +41,11 @@ class DataConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     augment: AugmentConfig = AugmentConfig()
     cache: bool | None = Field(None, description="keep decoded images in RAM; default: when they fit 1 GiB")
+    skip_bad: bool = Field(
+        False,
+        description="image files that cannot be used (unreadable, truncated, not an image, decompression bomb) are "
+        "left out and listed in manifest.json; false: the run stops before training, naming the first one",
+    )
     duplicates: Literal["refuse", "drop", "allow"] = Field(
         "refuse",
         description="folder datasets: near-duplicate images across train/val/test splits are refused, dropped "
@@ -106,6 +111,12 @@ class TrainingConfig(_Strict):
     cache_views: int = Field(1, ge=1, description="augmented views per training image in the feature cache")
     cache_dtype: Literal["float32", "bfloat16"] = Field("float32", description="compute cached features in this precision")
     fine_tune: FineTuneConfig | None = None
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="mixed precision: bf16 (mixed_bfloat16) or fp16 (mixed_float16, loss scaling); softmax and loss stay float32"
+    )
+    strategy: Literal["default", "mirrored", "multiworker"] = Field(
+        "default", description="tf.distribute: mirrored (GPUs of one machine), multiworker (TF_CONFIG or Slurm)"
+    )
 
 
 class ExperimentConfig(_Strict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import re
 import resource
 import shutil
 import subprocess
@@ -115,6 +116,8 @@ def run_experiment(exp: ExperimentConfig, out: Path, *, seed: int, resume: bool 
     if resume and run.is_done():
         log(f"[{exp.name}] already done, skipped")
         return run
+    if resume:
+        remove_stale_temp_files(run.root)
     _write_config(run, exp, resume)
     run.update_manifest(status=STATUS_RUNNING, started=_now(), reason=None)
     try:
@@ -124,16 +127,38 @@ def run_experiment(exp: ExperimentConfig, out: Path, *, seed: int, resume: bool 
             _train_and_evaluate(run, exp, seed, log)
     except BaseException as err:
         reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{err.__class__.__name__}: {err}"
-        run.update_manifest(status=STATUS_FAILED, reason=reason.splitlines()[0][:500], finished=_now())
+        try:
+            run.update_manifest(
+                status=STATUS_FAILED, reason=reason.splitlines()[0][:500], finished=_now(), peak_rss_mb=peak_rss_mb()
+            )
+        except OSError:
+            pass  # a full disk cannot take the manifest either; the error itself says what happened
         raise
     run.update_manifest(status=STATUS_DONE, finished=_now(), peak_rss_mb=peak_rss_mb())
     log(f"[{exp.name}] done: {run.root}")
     return run
 
 
+# The temporary name of an atomic write (triptych.io.atomic_path): .NAME.XXXXXXXX[.suffix]
+_TEMP_FILE = re.compile(r"^\.(.+)\.[a-z0-9_]{8}(\.[^/]*)?$")
+
+
+def remove_stale_temp_files(root: Path) -> int:
+    """Delete the temporary files that a killed run left behind in its directory (a SIGKILL
+    skips the clean-up of an atomic write); returns how many."""
+    removed = 0
+    for path in Path(root).rglob(".*"):
+        if _TEMP_FILE.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def _write_config(run: RunDir, exp: ExperimentConfig, resume: bool) -> None:
     text = to_yaml(exp)
-    if resume and run.config.exists() and run.config.read_text(encoding="utf-8") != text:
+    # An experiment that never trained (e.g. it stopped on bad images) may resume with a changed config.
+    trained = run.history.exists() or run.backup_dir.exists()
+    if resume and trained and run.config.exists() and run.config.read_text(encoding="utf-8") != text:
         raise TriptychError(
             f"{run.config} was written by a different config than the one given; "
             "resume with the same config, or pass --overwrite to start again"

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import re
+
+from triptych.errors import TriptychError
 
 DESCRIPTION = """\
 Train and evaluate every experiment in a YAML config. Each experiment gets DIR/<name>/ with
@@ -46,6 +51,16 @@ def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     existing.add_argument("--resume", action="store_true", help="continue unfinished experiments in DIR, skip finished ones")
     existing.add_argument("--overwrite", action="store_true", help="delete an existing run directory DIR first")
     parser.add_argument("--no-report", action="store_true", help="skip writing DIR/report.html")
+    parser.add_argument(
+        "--threads", type=int, default=None, metavar="N",
+        help="TensorFlow intra-op threads (inter-op: 2); default: TensorFlow's choice (all cores)",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out image files that cannot be used (truncated, not an image, decompression bomb, ...) and list "
+        "them in each manifest.json, instead of stopping before training (same as --set data.skip_bad=true)",
+    )
     return parser
 
 
@@ -53,6 +68,35 @@ def execute(args: argparse.Namespace) -> int:
     from triptych.config import load_config
     from triptych.runner import RunOptions, run_config
 
-    config = load_config(args.config, args.overrides)
-    run_config(config, args.out, RunOptions(resume=args.resume, overwrite=args.overwrite, report=not args.no_report))
+    if args.threads:  # importing triptych.training loads TensorFlow: config mistakes stay instant without it
+        from triptych.training.distribute import set_threads
+
+        set_threads(args.threads)  # before TensorFlow runs anything
+    config = load_config(args.config, [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])])
+    try:
+        run_config(config, args.out, RunOptions(resume=args.resume, overwrite=args.overwrite, report=not args.no_report))
+    except OSError as err:
+        message = storage_error(err, args.out)
+        if message is None:
+            raise
+        raise TriptychError(message) from err
     return 0
+
+
+# A full disk, a file size limit, a quota, a read-only or forbidden location: the user's to fix.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def storage_error(err: OSError, out: str) -> str | None:
+    """One line for an OSError that means the output cannot be written, else None (a bug)."""
+    if err.errno not in STORAGE_ERRNOS:
+        return None
+    # h5py puts the file name in its message, not in err.filename.
+    match = re.search(r"filename = '([^']+)'", str(err))
+    where = str(err.filename or (match.group(1) if match else None) or out)
+    # Name the file being written, not its temporary name (.NAME.XXXXXXXX.suffix, see triptych.io).
+    where = re.sub(r"(^|/)\.([^/]+?)\.[a-z0-9_]{8}(\.[^/]*)?$", r"\1\2", where)
+    return (
+        f"cannot write {where}: {os.strerror(err.errno)}; nothing half-written was kept. Free some space (or fix "
+        f"the permissions), then rerun with --resume to continue from the last finished epoch"
+    )

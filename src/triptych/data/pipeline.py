@@ -3,13 +3,18 @@
 Images are decoded in parallel from disk (or sliced from in-memory arrays). Decoded,
 resized images are cached in memory when they fit a budget, so that later epochs skip
 the JPEG decode; large datasets keep streaming from disk.
+
+:func:`undecodable` decodes files exactly as training does, to find the ones that would stop
+a run in its middle (``triptych.data.sources.check_images`` calls it before training).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow as tf
 
 from triptych.data.sources import Examples
@@ -47,8 +52,7 @@ def make_dataset(
     ``cache=None`` caches decoded images in memory when they fit ``CACHE_BUDGET_BYTES``.
     Evaluation datasets keep their order (predictions line up with ``examples.ids``).
     """
-    if cache is None:
-        cache = len(examples) * image_size * image_size * 3 * 4 <= CACHE_BUDGET_BYTES
+    cache = should_cache(len(examples), image_size, cache)
     labels = tf.one_hot(examples.labels, num_classes, dtype=tf.float32)
     if examples.is_files:
         ds = tf.data.Dataset.from_tensor_slices((examples.ids.astype(str), labels))
@@ -69,6 +73,50 @@ def make_dataset(
     ds = ds.batch(batch_size, drop_remainder=False)
     ds = ds.map(lambda x, y: (preprocess(x), y), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def should_cache(count: int, image_size: int, cache: bool | None = None) -> bool:
+    """Whether ``count`` decoded images are kept in RAM: as configured, else when their float32
+    pixels fit ``CACHE_BUDGET_BYTES`` (larger datasets stream from disk every epoch)."""
+    if cache is not None:
+        return bool(cache)
+    return count * image_size * image_size * 3 * 4 <= CACHE_BUDGET_BYTES
+
+
+def undecodable(paths: Sequence[str], parallel: int = 4) -> dict[str, str]:
+    """``{path: reason}`` for the files that ``decode_image`` (what training runs) cannot decode.
+
+    The files are decoded in parallel in a tf.data pipeline that skips failures; only the
+    failures are decoded again, one by one, for their error message. Call it only on files
+    whose header has been checked (a decompression bomb would be decoded).
+    """
+    if not paths:
+        return {}
+    indices = tf.data.Dataset.from_tensor_slices(
+        (tf.range(len(paths), dtype=tf.int64), tf.constant([str(p) for p in paths]))
+    )
+    decoded = (
+        indices.map(lambda i, path: (i, tf.shape(_load_file(path))[0]), num_parallel_calls=parallel)
+        .ignore_errors()
+        .batch(4096)
+    )
+    ok = np.zeros(len(paths), dtype=bool)
+    for batch, _ in decoded:
+        ok[batch.numpy()] = True
+    failed = {}
+    for index in np.flatnonzero(~ok):
+        try:
+            _load_file(tf.constant(str(paths[index])))
+        except (tf.errors.OpError, ValueError) as err:
+            failed[str(paths[index])] = f"cannot be decoded ({_tf_message(err)})"
+    return failed
+
+
+def _tf_message(err: Exception) -> str:
+    text = getattr(err, "message", None) or str(err)
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", text)  # "{{function_node __wrapped__DecodeImage_...}}"
+    text = re.sub(r"\s*\[Op:\w+\].*$", "", text, flags=re.S)
+    return " ".join(text.split())[:200] or err.__class__.__name__
 
 
 def decode_image(data: tf.Tensor) -> tf.Tensor:

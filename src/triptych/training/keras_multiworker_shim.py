@@ -1,0 +1,151 @@
+"""Make Keras 3's ``model.fit`` work under ``tf.distribute.MultiWorkerMirroredStrategy``.
+
+Upstream bug: https://github.com/keras-team/keras/issues/20585 (open as of Keras 3.15.1).
+With the TensorFlow backend, ``fit`` under MultiWorkerMirroredStrategy fails in two places of
+``keras/src/backend/tensorflow/trainer.py``:
+
+1. ``TensorFlowTrainer._maybe_symbolic_build`` builds the model from the first batch and, when
+   that batch is distributed (``PerReplica``), *reduces the data batch itself* across workers
+   with ``strategy.reduce("MEAN", batch, axis=None)``: a collective over the images (and the
+   labels' dtype) that only needs their shapes. We take the local replica's batch instead.
+2. ``reduce_per_replica(..., reduction="auto")`` reduces every training output across workers
+   with ``strategy.reduce("MEAN", v, axis=0)``; the outputs are scalar metrics (loss,
+   accuracy), which have no axis 0. We reduce scalars with ``axis=None`` (the mean across
+   workers; each worker's value is the mean over its equally sized shard of the global batch).
+
+Nothing else changes: gradients are still all-reduced by the strategy, so the workers stay in
+lockstep (``test_distribute.py`` checks identical weights and the single-worker loss).
+
+The patch is version-guarded: :func:`apply` patches only when the Keras source still contains
+the two faulty lines it corrects (else it warns and leaves Keras alone, as the bug may be fixed),
+and ``test_keras_multiworker_shim`` fails loudly when Keras is upgraded past the tested
+versions, so that someone re-checks the issue and removes this module once it is fixed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import keras
+
+UPSTREAM_ISSUE = "https://github.com/keras-team/keras/issues/20585"
+# Keras versions on which the patched functions were read and the 2-worker test passed.
+TESTED_KERAS_VERSIONS = ("3.15.1",)
+# The faulty lines, as they appear in keras/src/backend/tensorflow/trainer.py.
+EXPECTED_SYMBOLIC_BUILD_LINE = "data_batch = self.distribute_strategy.reduce("
+EXPECTED_REDUCE_LINE = 'return strategy.reduce("MEAN", v, axis=0)'
+
+_applied = False
+
+
+def _trainer_module():
+    from keras.src.backend.tensorflow import trainer
+
+    return trainer
+
+
+def faulty_lines_present() -> dict[str, bool]:
+    """Whether Keras still has each of the two lines this shim corrects."""
+    trainer = _trainer_module()
+    build_source = inspect.getsource(_original("_maybe_symbolic_build", trainer.TensorFlowTrainer))
+    reduce_source = inspect.getsource(_original("reduce_per_replica", trainer))
+    return {
+        "_maybe_symbolic_build": EXPECTED_SYMBOLIC_BUILD_LINE in build_source,
+        "reduce_per_replica": EXPECTED_REDUCE_LINE in reduce_source,
+    }
+
+
+def _original(name: str, owner):
+    value = getattr(owner, name)
+    return getattr(value, "__triptych_original__", value)
+
+
+def is_applied() -> bool:
+    return _applied
+
+
+def apply() -> bool:
+    """Patch Keras (idempotent). Returns True when the patch is in place."""
+    global _applied
+    if _applied:
+        return True
+    present = faulty_lines_present()
+    if not all(present.values()):
+        warnings.warn(
+            f"keras {keras.__version__}: the code patched for {UPSTREAM_ISSUE} has changed "
+            f"({', '.join(k for k, v in present.items() if not v)}); not patching. If multi-worker fit "
+            "fails, re-check the issue and triptych/training/keras_multiworker_shim.py",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    if keras.__version__ not in TESTED_KERAS_VERSIONS:
+        warnings.warn(
+            f"keras {keras.__version__} is not among the versions the multi-worker shim was tested with "
+            f"({', '.join(TESTED_KERAS_VERSIONS)}); patching anyway ({UPSTREAM_ISSUE})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    trainer = _trainer_module()
+    original_build = trainer.TensorFlowTrainer._maybe_symbolic_build
+    original_reduce = trainer.reduce_per_replica
+    _maybe_symbolic_build.__triptych_original__ = original_build
+    reduce_per_replica.__triptych_original__ = original_reduce
+    trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
+    trainer.reduce_per_replica = reduce_per_replica  # looked up as a module global at trace time
+    _applied = True
+    return True
+
+
+# --------------------------------------------------------------------------- the corrected functions
+
+
+def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    """Keras 3.15.1's ``TensorFlowTrainer._maybe_symbolic_build``, building from the local
+    replica's batch instead of a cross-worker reduction of the data."""
+    import tensorflow as tf
+    from keras.src import tree
+
+    if self._distribute_strategy is None:
+        return
+    if iterator is not None:
+        for _, _, it in iterator:
+            batch = next(it)
+            distributed = tree.map_structure(lambda x: isinstance(x, tf.distribute.DistributedValues), batch)
+            if all(tree.flatten(distributed)):
+                # Only the shapes matter here: the first local replica's batch has them.
+                data_batch = tree.map_structure(
+                    lambda x: self.distribute_strategy.experimental_local_results(x)[0], batch
+                )
+            else:
+                data_batch = batch
+            break
+    with self.distribute_strategy.scope():
+        self._symbolic_build(data_batch=data_batch)
+
+
+def reduce_per_replica(values, strategy, reduction):
+    """Keras's ``reduce_per_replica``; under multi-worker collectives, scalars are averaged
+    across workers with ``axis=None`` (Keras uses ``axis=0``, which a scalar does not have)."""
+    trainer = _trainer_module()
+    original = reduce_per_replica.__triptych_original__
+    if reduction not in ("auto", "mean") or not trainer._collective_all_reduce_multi_worker(strategy):
+        return original(values, strategy, reduction)
+    from keras.src import tree
+
+    def _reduce(v):
+        if _rank(v) == 0:
+            return strategy.reduce("MEAN", v, axis=None)
+        return original(v, strategy, reduction)
+
+    return tree.map_structure(_reduce, values)
+
+
+def _rank(value) -> int | None:
+    import tensorflow as tf
+
+    if isinstance(value, tf.distribute.DistributedValues):
+        value = value.values[0]
+    shape = getattr(value, "shape", None)
+    return None if shape is None else shape.rank
