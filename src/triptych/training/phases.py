@@ -135,7 +135,8 @@ def _fit_head_on_cache(model, exp, run: RunDir, data: PhaseData, weights_origin,
             views=views,
             augment=data.augment if views > 1 else "none",
             seed=data.seed,
-            dtype=cfg.cache_dtype,
+            # A model built under a mixed policy computes its features in that precision.
+            dtype=cfg.cache_dtype if cfg.precision == "fp32" else cfg.precision,
         )
 
     def train_views():
