@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from triptych.cli import add_command_parser
+
 DESCRIPTION = """\
 Open and fully decode every image under DIR (one subfolder per class, or train/ and test/
 folders of class subfolders) and report: images per class; unreadable, empty or truncated
@@ -24,13 +26,7 @@ examples:
 
 def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     # No triptych.data import here: building the parser must stay cheap for every command.
-    parser = subparsers.add_parser(
-        name,
-        help=summary,
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command_parser(subparsers, name, summary, DESCRIPTION, EPILOG)
     parser.add_argument("dir", metavar="DIR", help="image folder with one subfolder per class")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON instead of a summary")
     parser.add_argument("--out", metavar="FILE", help="also write the full JSON report to FILE")

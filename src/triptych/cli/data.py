@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from triptych.cli import add_command_parser
+
 DESCRIPTION = """\
 Fetch a dataset into an image folder that 'triptych run' can train on (data.folder in a config).
 
@@ -29,9 +31,7 @@ examples:
 
 
 def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        name, help=summary, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = add_command_parser(subparsers, name, summary, DESCRIPTION)
     datasets = parser.add_subparsers(dest="dataset", metavar="DATASET", required=True)
     wikiart = datasets.add_parser(
         "wikiart",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from triptych.cli import add_command_parser
 from triptych.errors import TriptychError
 
 DESCRIPTION = """\
@@ -30,13 +31,7 @@ examples:
 
 
 def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        name,
-        help=summary,
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command_parser(subparsers, name, summary, DESCRIPTION, EPILOG)
     parser.add_argument("model", metavar="MODEL", help="registry name (see 'triptych models')")
     parser.add_argument("--out", required=True, metavar="FILE.svg", help="SVG to write; the PNG goes beside it")
     parser.add_argument("--input-size", metavar="SIZE", help="e.g. 160 or 160x160 (default: the model's native size)")

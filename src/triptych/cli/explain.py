@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from triptych.cli import add_command_parser
 from triptych.errors import TriptychError
 
 DESCRIPTION = """\
@@ -27,9 +28,7 @@ examples:
 
 
 def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        name, help=summary, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = add_command_parser(subparsers, name, summary, DESCRIPTION, EPILOG)
     parser.add_argument("model", metavar="RUN_DIR", help="run directory (or a .keras file, with IMAGE)")
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="image file or folder (recursive)")
     parser.add_argument("--out", type=Path, metavar="DIR", help="folder for the PNG overlays (default with no IMAGE: RUN_DIR/gradcam)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from triptych.cli import add_command_parser
+
 DESCRIPTION = """\
 Export a trained model to a TensorFlow SavedModel, ONNX, or TFLite (optionally quantised to
 float16 or int8), then check it: the export and the Keras model are run on the same sample
@@ -23,9 +25,7 @@ examples:
 
 
 def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        name, help=summary, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = add_command_parser(subparsers, name, summary, DESCRIPTION, EPILOG)
     parser.add_argument("model", metavar="RUN_DIR_OR_MODEL", help="run directory (with model.keras) or a .keras file")
     parser.add_argument("--format", required=True, choices=("savedmodel", "onnx", "tflite"), help="export format")
     parser.add_argument("--out", required=True, metavar="PATH", help="file (onnx, tflite) or folder (savedmodel) to write")

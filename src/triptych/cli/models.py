@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from triptych.cli import add_command_parser
 from triptych.errors import TriptychError
 
 DESCRIPTION = """\
@@ -29,13 +30,7 @@ examples:
 
 
 def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        name,
-        help=summary,
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command_parser(subparsers, name, summary, DESCRIPTION, EPILOG)
     parser.add_argument("names", nargs="*", metavar="MODEL", help="registry names (default: all)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--measure", action="store_true", help="also measure latency and throughput (slow)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from triptych.cli import add_command_parser
+
 DESCRIPTION = """\
 Predict the classes of images with a trained model. PATH is an image file or a folder
 (searched recursively for .jpg .jpeg .png .bmp .gif). Images are resized and normalised
@@ -26,9 +28,7 @@ examples:
 
 
 def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        name, help=summary, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = add_command_parser(subparsers, name, summary, DESCRIPTION, EPILOG)
     parser.add_argument("model", metavar="RUN_DIR_OR_MODEL", help="run directory (with model.keras) or a .keras file")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image file or folder (recursive)")
     parser.add_argument("--top-k", type=int, default=3, metavar="K", help="classes shown per image (default: %(default)s)")

@@ -7,6 +7,7 @@ import errno
 import os
 import re
 
+from triptych.cli import add_command_parser
 from triptych.errors import TriptychError
 
 DESCRIPTION = """\
@@ -29,13 +30,7 @@ environment:
 
 
 def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        name,
-        help=summary,
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command_parser(subparsers, name, summary, DESCRIPTION, EPILOG)
     parser.add_argument("config", help="YAML file with 'experiments' (see configs/)")
     parser.add_argument("--out", required=True, help="output directory (one subdirectory per experiment)")
     parser.add_argument(
