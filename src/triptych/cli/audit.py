@@ -63,16 +63,7 @@ def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    import sys
-    from pathlib import Path
-
-    from triptych.errors import TriptychError
-
-    # Checked before importing triptych.data (numpy, Pillow, scikit-learn): a typo fails at once.
-    if not Path(args.dir).expanduser().is_dir():
-        what = "is not a folder" if Path(args.dir).expanduser().exists() else "does not exist"
-        raise TriptychError(f"{args.dir} {what} (expected a folder with one subfolder of images per class)")
-
+    # Imported here, not at the top: building the parser must stay cheap for every command.
     from triptych.data.audit import (
         DEFAULT_MIN_SIDE,
         DEFAULT_NEAR_THRESHOLD,
@@ -83,22 +74,13 @@ def execute(args: argparse.Namespace) -> int:
         write_report,
     )
 
-    near = DEFAULT_NEAR_THRESHOLD if args.near_threshold is None else args.near_threshold
-    min_side = DEFAULT_MIN_SIDE if args.min_side is None else args.min_side
-    if near < 0 or min_side < 1:
-        raise TriptychError("--near-threshold must be 0 or more and --min-side 1 or more")
-    if args.workers is not None and args.workers < 1:
-        raise TriptychError(f"--workers must be 1 or more, not {args.workers}")
-    splits = read_split_csv(args.splits) if args.splits else None
     report = audit_folder(
         args.dir,
-        splits=splits,
-        near_threshold=near,
-        min_side=min_side,
+        splits=read_split_csv(args.splits) if args.splits else None,
+        near_threshold=DEFAULT_NEAR_THRESHOLD if args.near_threshold is None else args.near_threshold,
+        min_side=DEFAULT_MIN_SIDE if args.min_side is None else args.min_side,
         workers=args.workers,
         cache_file=args.cache,
-        # the bar goes to stdout; keep it off when stdout is JSON or not a terminal
-        progress=sys.stdout.isatty() and not args.json,
     )
     if args.out:
         write_report(report, args.out)

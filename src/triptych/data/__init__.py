@@ -1,6 +1,7 @@
 """Datasets and input pipelines.
 
-- ``sources``: CIFAR-10 (mirror folder or keras.datasets) and class-per-subfolder folders
+- ``images``: image files: listing, checks (header, decompression bombs, truncation), decode, resize
+- ``sources``: CIFAR-10 (mirror folder or keras.datasets) and class-per-subfolder folders; screening
 - ``splits``: stratified, seeded subsets and train/val/test splits
 - ``pipeline``: tf.data decode / resize / augment / batch (imports TensorFlow)
 - ``preprocessing``: each architecture's input normalisation

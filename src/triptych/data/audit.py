@@ -11,7 +11,8 @@ how many images carry black padding borders.
 of each split, it returns the pairs of files in different splits that are the same picture.
 Hashes are cached per (path, size, mtime), so calling it again on the same files is instant.
 
-Pillow, numpy and imagehash only; no TensorFlow.
+Files are listed and their headers checked by ``triptych.data.images`` (the checks training
+and inference use). Pillow, numpy and imagehash only; no TensorFlow.
 """
 
 from __future__ import annotations
@@ -21,24 +22,32 @@ import hashlib
 import io
 import json
 import os
-import re
-import sys
-import threading
 import time
-import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import imagehash
 import numpy as np
 from PIL import Image
 
-from triptych.data.sources import IMAGE_EXTENSIONS
-from triptych.errors import TriptychError
+from triptych.data.images import (
+    MAX_IMAGE_PIXELS,
+    DecompressionBombError,
+    ImageError,
+    ImageHeader,
+    header_of,
+    is_image_name,
+    open_image,
+    stat_image_file,
+    walk_files,
+)
+from triptych.errors import InvalidArgumentError, MissingFileError, TriptychError
 from triptych.io import atomic_write_json
+from triptych.progress import progress_bar
 
 # Perceptual hash: imagehash.phash with hash_size=16, i.e. the signs of the 16x16 lowest DCT
 # frequencies of a 64x64 greyscale thumbnail: 256 bits. On the WikiArt sample, different
@@ -50,8 +59,6 @@ HASH_SIZE = 16
 HASH_BITS = HASH_SIZE * HASH_SIZE
 DEFAULT_NEAR_THRESHOLD = 64
 DEFAULT_MIN_SIDE = 32
-# Pillow's own default (Image.MAX_IMAGE_PIXELS): ~89.5 M pixels, a 9459x9459 image.
-DEFAULT_MAX_PIXELS = 89_478_485
 # A border row/column is "black" when its mean grey level is at most this (JPEG noise keeps
 # padding a little above 0) ...
 BORDER_MEAN = 10.0
@@ -69,9 +76,6 @@ _EXTENSION_FORMATS = {
     ".gif": {"GIF"},
 }
 _GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
-_BOMB_PIXELS = re.compile(r"Image size \((\d+) pixels\) exceeds limit of (\d+) pixels")
-_OPEN_LOCK = threading.Lock()
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,57 +100,44 @@ class FileInfo:
     padding: tuple[int, int, int, int] | None = None  # black padding rows/cols: top, bottom, left, right
 
 
-def inspect_file(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> FileInfo:
+def inspect_file(path: str, *, max_pixels: int = MAX_IMAGE_PIXELS) -> FileInfo:
     """Open ``path`` with Pillow, decode it fully, hash it; never raises for a bad file."""
     try:
-        size = os.path.getsize(path)
-        if size == 0:
-            return FileInfo(path, 0, error="empty file (0 bytes)")
+        size = stat_image_file(path).st_size
         sha1, data = _sha1(path, size)
+    except ImageError as err:
+        return FileInfo(path, 0, error=str(err))
     except OSError as err:
         return FileInfo(path, 0, error=f"cannot read: {err.strerror or err}")
-    source: Any = io.BytesIO(data) if data is not None else path
-    base = {"path": path, "size": size, "sha1": sha1}
+    found = FileInfo(path, size, sha1)
     try:
-        # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; both are bombs here.
-        # catch_warnings changes process-wide state, so threads take turns (opening reads only
-        # the header: cheap).
-        with _OPEN_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(source)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        match = _BOMB_PIXELS.search(str(err))
-        claimed = f"{int(match.group(1)):,} pixels, over Pillow's limit of {int(match.group(2)):,}" if match \
-            else "more pixels than Pillow's limit"
-        return FileInfo(**base, bomb=f"header claims {claimed}; not decoded")
-    except Image.UnidentifiedImageError:
-        head = data[:8] if data is not None else b""
-        return FileInfo(**base, error=f"not an image Pillow can read (starts with {head!r})")
-    except Exception as err:  # noqa: BLE001 - any failure to open is a finding, not a crash
-        return FileInfo(**base, error=_reason(err))
-    with image:
-        width, height = image.size
-        header = {
-            **base,
-            "format": image.format,
-            "mode": image.mode,
-            "width": width,
-            "height": height,
-            "has_alpha": _has_alpha(image),
-        }
-        if width * height > max_pixels:  # also when Pillow's own limit was switched off
-            return FileInfo(**header, bomb=f"header claims {width}x{height} = {width * height:,} pixels "
-                            f"(over {max_pixels:,}); not decoded")
-        try:
-            image.load()
-        except Exception as err:  # noqa: BLE001 - truncated or corrupt data
-            return FileInfo(**header, error=_reason(err))
-        try:
-            grey = np.asarray(image.convert("L"))
-            padding = _black_padding(grey)
-            return FileInfo(**header, padding=padding, phash=_phash(grey, padding))
-        except Exception as err:  # noqa: BLE001 - exotic modes that cannot become greyscale
-            return FileInfo(**header, error=f"decoded but cannot be converted: {_reason(err)}")
+        with open_image(io.BytesIO(data) if data is not None else path, max_pixels) as image:
+            return _decode(image, replace(found, **_header_fields(header_of(image))))
+    except DecompressionBombError as err:
+        return replace(found, **_header_fields(err.header), bomb=str(err))
+    except ImageError as err:
+        return replace(found, error=str(err))
+
+
+def _header_fields(header: ImageHeader | None) -> dict[str, Any]:
+    if header is None:
+        return {}
+    return {"format": header.format, "mode": header.mode, "width": header.width, "height": header.height,
+            "has_alpha": header.has_alpha}
+
+
+def _decode(image: Image.Image, found: FileInfo) -> FileInfo:
+    """``found`` completed by decoding ``image``: its padding and perceptual hash, or an error."""
+    try:
+        image.load()
+    except Exception as err:  # noqa: BLE001 - truncated or corrupt data
+        return replace(found, error=_reason(err))
+    try:
+        grey = np.asarray(image.convert("L"))
+        padding = _black_padding(grey)
+        return replace(found, padding=padding, phash=_phash(grey, padding))
+    except Exception as err:  # noqa: BLE001 - exotic modes that cannot become greyscale
+        return replace(found, error=f"decoded but cannot be converted: {_reason(err)}")
 
 
 def _sha1(path: str, size: int) -> tuple[str, bytes | None]:
@@ -164,10 +155,6 @@ def _sha1(path: str, size: int) -> tuple[str, bytes | None]:
 def _reason(err: BaseException) -> str:
     text = str(err).strip()
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def _has_alpha(image: Image.Image) -> bool:
-    return image.mode in _ALPHA_MODES or "transparency" in image.info
 
 
 def _black_padding(grey: np.ndarray) -> tuple[int, int, int, int]:
@@ -206,8 +193,6 @@ def _phash(grey: np.ndarray, padding: tuple[int, int, int, int]) -> bytes:
     Cropping the padding first means the same painting padded differently still matches, and
     two different paintings padded the same way do not match on their borders alone.
     """
-    import imagehash
-
     top, bottom, left, right = padding
     height, width = grey.shape
     if height - top - bottom >= 16 and width - left - right >= 16:
@@ -237,7 +222,7 @@ def inspect_files(
     workers: int | None = None,
     progress: bool | None = None,
     description: str = "auditing images",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = MAX_IMAGE_PIXELS,
     cache_file: str | os.PathLike | None = None,
 ) -> list[FileInfo]:
     """``inspect_file`` for every path, in order, on ``workers`` threads, reusing cached results.
@@ -248,6 +233,7 @@ def inspect_files(
     Threads, not processes: Pillow's decoder, resize and hashlib release the GIL, and a thread
     pool is safe to start from a process that has already loaded TensorFlow (fork is not).
     """
+    _check_workers(workers)
     if cache_file is not None:
         _load_cache_file(Path(cache_file))
     results: list[FileInfo | None] = [None] * len(paths)
@@ -262,24 +248,31 @@ def inspect_files(
         else:
             todo.append(i)
     if todo:
-        workers = workers or min(4, os.cpu_count() or 1)
-        with _progress_bar(progress, description, len(todo)) as advance:
-            if workers <= 1:
-                for i in todo:
-                    results[i] = inspect_file(paths[i], max_pixels=max_pixels)
-                    advance()
-            else:
-                with ThreadPoolExecutor(max_workers=workers) as pool:
-                    found = pool.map(lambda i: inspect_file(paths[i], max_pixels=max_pixels), todo)
-                    for i, info in zip(todo, found):
-                        results[i] = info
-                        advance()
-        for i in todo:
+        found = _inspect_uncached([paths[i] for i in todo], workers, progress, description, max_pixels)
+        for i, info in zip(todo, found):
+            results[i] = info
             if keys[i] is not None:
-                _CACHE[keys[i]] = results[i]
+                _CACHE[keys[i]] = info
         if cache_file is not None:
             _save_cache_file(Path(cache_file))
     return results  # type: ignore[return-value]
+
+
+def _inspect_uncached(
+    paths: list[str], workers: int | None, progress: bool | None, description: str, max_pixels: int
+) -> list[FileInfo]:
+    found = []
+    with progress_bar(len(paths), description, enabled=progress) as advance:
+        with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
+            for info in pool.map(lambda path: inspect_file(path, max_pixels=max_pixels), paths):
+                found.append(info)
+                advance()
+    return found
+
+
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise InvalidArgumentError(f"workers must be >= 1 (or None: up to 4 threads), got {workers}")
 
 
 def clear_cache() -> None:
@@ -323,33 +316,6 @@ def _save_cache_file(path: Path) -> None:
 
 def _fields(info: FileInfo) -> dict[str, Any]:
     return {name: getattr(info, name) for name in FileInfo.__dataclass_fields__}
-
-
-class _progress_bar:
-    """A rich progress bar when ``enabled`` (default: stdout is a terminal), else nothing."""
-
-    def __init__(self, enabled: bool | None, description: str, total: int):
-        if enabled is None:
-            enabled = sys.stdout.isatty()
-        self.enabled = enabled and total > 0
-        self.description, self.total = description, total
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            transient=True,
-        )
-        self._progress.__enter__()
-        task = self._progress.add_task(self.description, total=self.total)
-        return lambda: self._progress.advance(task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._progress.__exit__(*exc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,14 +404,29 @@ def cross_split_duplicates(
     compared by their bytes. Sorted by distance, then paths. Hashes are cached in this process
     and, with ``cache_file``, on disk for the next one (4,500 files: ~10 s cold, ~1 s cached).
     """
+    _check_threshold(near_threshold)
+    flat, split_of = _flatten(split_paths)
+    infos = inspect_files(flat, workers=workers, progress=progress, description="hashing split files",
+                          cache_file=cache_file)
+    return [(flat[i], flat[j], d) for i, j, d in _cross_pairs(infos, split_of, near_threshold)]
+
+
+def _flatten(split_paths: dict[str, list[str]]) -> tuple[list[str], list[int]]:
+    """Every file of every split, in order, and the index of its split."""
     flat: list[str] = []
     split_of: list[int] = []
     for k, paths in enumerate(split_paths.values()):
         flat.extend(str(p) for p in paths)
         split_of.extend([k] * len(paths))
-    infos = inspect_files(flat, workers=workers, progress=progress, description="hashing split files",
-                          cache_file=cache_file)
-    return [(flat[i], flat[j], d) for i, j, d in _cross_pairs(infos, split_of, near_threshold)]
+    return flat, split_of
+
+
+def _check_threshold(near_threshold: int) -> None:
+    if near_threshold < 0:
+        raise InvalidArgumentError(
+            f"near_threshold must be >= 0 (a Hamming distance in {HASH_BITS} hash bits; 0: identical hashes only), "
+            f"got {near_threshold}"
+        )
 
 
 def _cross_pairs(infos: Sequence[FileInfo], split_of: Sequence[int], near_threshold: int) -> list[tuple[int, int, int]]:
@@ -536,7 +517,7 @@ def audit_folder(
     splits: dict[str, list[str]] | None = None,
     near_threshold: int = DEFAULT_NEAR_THRESHOLD,
     min_side: int = DEFAULT_MIN_SIDE,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = MAX_IMAGE_PIXELS,
     workers: int | None = None,
     progress: bool | None = None,
     cache_file: str | os.PathLike | None = None,
@@ -545,22 +526,50 @@ def audit_folder(
 
     ``splits`` maps a split name to its file paths (e.g. from a run's split.csv); duplicates
     between different splits are then listed in ``cross_split``. Without it, a folder with
-    ``train/`` and ``test/`` subfolders is checked across those two.
+    ``train/`` and ``test/`` subfolders is checked across those two. ``workers`` threads
+    decode (default: up to 4); ``progress`` shows a bar (default: when stderr is a terminal).
     """
     start = time.perf_counter()
-    base = Path(root).expanduser()
-    if not base.exists():
-        raise TriptychError(f"{base} does not exist (expected a folder with one subfolder of images per class)")
-    if not base.is_dir():
-        raise TriptychError(f"{base} is not a folder (expected a folder with one subfolder of images per class)")
+    _check_threshold(near_threshold)
+    _check_workers(workers)
+    if min_side < 1 or max_pixels < 1:
+        raise InvalidArgumentError(f"min_side and max_pixels must be >= 1, got {min_side} and {max_pixels}")
+    base = _existing_folder(root)
     listing = _list_folder(base)
     paths = [entry[0] for entry in listing.images]
     infos = inspect_files(paths, workers=workers, progress=progress, max_pixels=max_pixels, cache_file=cache_file)
     rel = {p: _relative(p, base) for p in paths}
+    report = _new_report(base, listing, infos, near_threshold=near_threshold, min_side=min_side,
+                         max_pixels=max_pixels)
+    for info in infos:
+        _classify(info, rel[info.path], min_side, report)
+    _add_duplicates(report, listing, infos, rel, near_threshold)
+    if splits is None and listing.has_splits:
+        splits = listing.split_paths()
+    if splits is not None:
+        extra = _inspect_split_files(splits, paths, infos, workers=workers, progress=progress, cache_file=cache_file)
+        report.cross_split = _cross_split_entries(splits, extra, rel, near_threshold)
+    report.borders = _borders(infos, rel)
+    report.seconds = round(time.perf_counter() - start, 2)
+    return report
 
+
+def _existing_folder(root: str | os.PathLike) -> Path:
+    base = Path(root).expanduser()
+    if not base.exists():
+        raise MissingFileError(f"{base} does not exist (expected a folder with one subfolder of images per class)")
+    if not base.is_dir():
+        raise InvalidArgumentError(f"{base} is not a folder (expected a folder with one subfolder of images per class)")
+    return base
+
+
+def _new_report(
+    base: Path, listing: _Listing, infos: list[FileInfo], *, near_threshold: int, min_side: int, max_pixels: int
+) -> AuditReport:
+    """The report's counts and settings, before any finding."""
     report = AuditReport(
         root=str(base.resolve()),
-        files=len(paths),
+        files=len(infos),
         class_counts=dict(sorted(Counter(entry[1] for entry in listing.images if entry[1]).items())),
         split_counts=None,
         formats=dict(Counter(i.format or "unknown" for i in infos).most_common()),
@@ -577,10 +586,14 @@ def audit_folder(
         for _, cls, split in listing.images:
             counts[split][cls] += 1
         report.split_counts = {s: dict(sorted(c.items())) for s, c in sorted(counts.items())}
+    return report
 
-    for info in infos:
-        _classify(info, rel[info.path], min_side, report)
 
+def _add_duplicates(
+    report: AuditReport, listing: _Listing, infos: list[FileInfo], rel: dict[str, str], near_threshold: int
+) -> None:
+    """Groups of files that are the same picture: same bytes, or perceptual hashes close by."""
+    paths = [info.path for info in infos]
     class_of = {p: cls for p, cls, _ in listing.images}
     exact, near = _duplicate_pairs(infos, near_threshold)
     report.exact_duplicates = [
@@ -597,25 +610,17 @@ def audit_folder(
             "pairs": [[rel[paths[i]], rel[paths[j]], d] for i, j, d in near if i in members],
         })
 
-    if splits is None and listing.has_splits:
-        splits = defaultdict(list)
-        for path, _, split in listing.images:
-            splits[split].append(path)
-    if splits is not None:
-        report.cross_split = _audit_cross_split(splits, paths, infos, rel, near_threshold, workers, progress,
-                                                cache_file)
 
+def _borders(infos: list[FileInfo], rel: dict[str, str]) -> dict[str, Any]:
     decoded = [i for i in infos if i.padding is not None]
     bordered = [i for i in decoded if has_border(i.padding)]
-    report.borders = {
+    return {
         "checked": len(decoded),
         "with_border": len(bordered),
         "fraction": round(len(bordered) / len(decoded), 4) if decoded else 0.0,
         "mean_border_area": round(float(np.mean([_border_area(i) for i in bordered])), 4) if bordered else 0.0,
         "examples": [rel[i.path] for i in bordered[:EXAMPLES_SHOWN]],
     }
-    report.seconds = round(time.perf_counter() - start, 2)
-    return report
 
 
 def _classify(info: FileInfo, rel: str, min_side: int, report: AuditReport) -> None:
@@ -655,26 +660,30 @@ def _border_area(info: FileInfo) -> float:
     return 1.0 - inner / (w * h)
 
 
-def _audit_cross_split(
+def _inspect_split_files(
     splits: dict[str, list[str]],
     paths: list[str],
     infos: list[FileInfo],
-    rel: dict[str, str],
-    near_threshold: int,
+    *,
     workers: int | None,
     progress: bool | None,
     cache_file: str | os.PathLike | None,
-) -> list[dict[str, Any]]:
+) -> list[FileInfo]:
+    """The findings for every file of ``splits``, in order: those of the folder's files (matched
+    by real path), the others inspected now."""
     by_real = {os.path.realpath(p): info for p, info in zip(paths, infos)}
-    names = list(splits)
-    flat, split_of = [], []
-    for k, name in enumerate(names):
-        flat.extend(str(p) for p in splits[name])
-        split_of.extend([k] * len(splits[name]))
+    flat, _ = _flatten(splits)
     missing = [p for p in flat if os.path.realpath(p) not in by_real]
     extra = dict(zip(missing, inspect_files(missing, workers=workers, progress=progress,
                                             description="hashing split files", cache_file=cache_file)))
-    split_infos = [by_real.get(os.path.realpath(p)) or extra[p] for p in flat]
+    return [by_real.get(os.path.realpath(p)) or extra[p] for p in flat]
+
+
+def _cross_split_entries(
+    splits: dict[str, list[str]], split_infos: list[FileInfo], rel: dict[str, str], near_threshold: int
+) -> list[dict[str, Any]]:
+    names = list(splits)
+    flat, split_of = _flatten(splits)
     out = []
     for i, j, d in _cross_pairs(split_infos, split_of, near_threshold):
         a, b = flat[i], flat[j]
@@ -692,6 +701,12 @@ class _Listing:
     ignored: list[str]
     has_splits: bool
 
+    def split_paths(self) -> dict[str, list[str]]:
+        splits: dict[str, list[str]] = defaultdict(list)
+        for path, _, split in self.images:
+            splits[split].append(path)
+        return splits
+
 
 def _list_folder(root: Path) -> _Listing:
     has_splits = (root / "train").is_dir() and (root / "test").is_dir()
@@ -701,18 +716,13 @@ def _list_folder(root: Path) -> _Listing:
     tops = [(root / s, s) for s in names] if has_splits else [(root, "")]
     images, ignored = [], []
     for top, split in tops:
-        for dirpath, dirnames, filenames in os.walk(top):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            parts = Path(dirpath).relative_to(top).parts
-            cls = parts[0] if parts else ""
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                path = os.path.join(dirpath, name)
-                if name.lower().endswith(IMAGE_EXTENSIONS):
-                    images.append((path, cls, split))
-                elif cls:  # a non-image in a class folder is skipped by training: say so
-                    ignored.append(path)
+        for path in walk_files(top):
+            parts = path.relative_to(top).parts
+            cls = parts[0] if len(parts) > 1 else ""
+            if is_image_name(path.name):
+                images.append((str(path), cls, split))
+            elif cls:  # a non-image in a class folder is skipped by training: say so
+                ignored.append(str(path))
     return _Listing(images, ignored, has_splits)
 
 
@@ -730,9 +740,10 @@ def read_split_csv(path: str | os.PathLike) -> dict[str, list[str]]:
         with open(path, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
     except OSError as err:
-        raise TriptychError(f"cannot read split file {path}: {err.strerror or err}") from err
+        error = MissingFileError if isinstance(err, FileNotFoundError) else TriptychError
+        raise error(f"cannot read split file {path}: {err.strerror or err}") from err
     if not rows or not {"split", "id"} <= set(rows[0]):
-        raise TriptychError(f"{path}: expected a CSV with 'split' and 'id' columns (a run's split.csv)")
+        raise InvalidArgumentError(f"{path}: expected a CSV with 'split' and 'id' columns (a run's split.csv)")
     splits: dict[str, list[str]] = defaultdict(list)
     for row in rows:
         splits[row["split"]].append(row["id"])
@@ -744,6 +755,36 @@ def read_split_csv(path: str | os.PathLike) -> dict[str, list[str]]:
 
 
 def format_report(report: AuditReport, examples: int = EXAMPLES_SHOWN) -> str:
+    """The human-readable summary: counts, then each kind of problem with up to ``examples`` paths."""
+    summary = _Summary(_overview(report), examples)
+    _problem_sections(report, summary)
+    _duplicate_sections(report, summary)
+    if report.borders.get("with_border"):
+        b = report.borders
+        summary.lines.append(f"black padding borders: {b['with_border']:,} of {b['checked']:,} images "
+                             f"({b['fraction']:.1%}), covering {b['mean_border_area']:.0%} of such an image on average")
+    if not report.problems:
+        summary.lines.append("no problems found")
+    return "\n".join(summary.lines)
+
+
+@dataclass
+class _Summary:
+    lines: list[str]
+    examples: int
+
+    def section(self, title: str, items: list, show: Callable[[Any], str]) -> None:
+        if items:
+            self.lines.append(f"{title}: {len(items):,}")
+            self.listing(items, show)
+
+    def listing(self, items: list, show: Callable[[Any], str]) -> None:
+        self.lines.extend(f"  {show(item)}" for item in items[: self.examples])
+        if len(items) > self.examples:
+            self.lines.append(f"  ... and {len(items) - self.examples:,} more (--json for all)")
+
+
+def _overview(report: AuditReport) -> list[str]:
     lines = [f"Audit of {report.root}: {report.files:,} image files, {report.seconds:.1f} s"]
     if report.class_counts:
         width = max(len(c) for c in report.class_counts)
@@ -753,55 +794,41 @@ def format_report(report: AuditReport, examples: int = EXAMPLES_SHOWN) -> str:
         lines.append("splits: " + ", ".join(f"{s} {sum(c.values()):,}" for s, c in report.split_counts.items()))
     lines.append("formats: " + ", ".join(f"{k} {v:,}" for k, v in report.formats.items())
                  + "; modes: " + ", ".join(f"{k} {v:,}" for k, v in report.modes.items()))
+    return lines
 
-    def more(items: list) -> None:
-        if len(items) > examples:
-            lines.append(f"  ... and {len(items) - examples:,} more (--json for all)")
 
-    def section(title: str, items: list, show: Callable[[Any], str]) -> None:
-        if not items:
-            return
-        lines.append(f"{title}: {len(items):,}")
-        lines.extend(f"  {show(item)}" for item in items[:examples])
-        more(items)
+def _problem_sections(report: AuditReport, summary: _Summary) -> None:
+    summary.section("unreadable or truncated", report.unreadable, lambda x: f"{x['path']}: {x['reason']}")
+    summary.section("decompression bombs (not decoded)", report.decompression_bombs,
+                    lambda x: f"{x['path']}: {x['reason']}")
+    summary.section("not plain RGB", report.non_rgb, lambda x: f"{x['path']}: {x['mode']} ({x['kind']})")
+    summary.section(f"tiny (under {report.settings.get('min_side')} px on a side)", report.tiny,
+                    lambda x: f"{x['path']}: {x['width']}x{x['height']}")
+    summary.section("content does not match the extension", report.format_mismatch,
+                    lambda x: f"{x['path']}: {x['format']} data named {x['extension']}")
+    summary.section("non-image files in class folders (training skips them)", report.ignored_files, str)
+    summary.section("images outside any class folder", report.outside_class_folders, str)
 
-    section("unreadable or truncated", report.unreadable, lambda x: f"{x['path']}: {x['reason']}")
-    section("decompression bombs (not decoded)", report.decompression_bombs, lambda x: f"{x['path']}: {x['reason']}")
-    section("not plain RGB", report.non_rgb, lambda x: f"{x['path']}: {x['mode']} ({x['kind']})")
-    section(f"tiny (under {report.settings.get('min_side')} px on a side)", report.tiny,
-            lambda x: f"{x['path']}: {x['width']}x{x['height']}")
-    section("content does not match the extension", report.format_mismatch,
-            lambda x: f"{x['path']}: {x['format']} data named {x['extension']}")
-    section("non-image files in class folders (training skips them)", report.ignored_files, str)
-    section("images outside any class folder", report.outside_class_folders, str)
+
+def _duplicate_sections(report: AuditReport, summary: _Summary) -> None:
     counts = report.summary_counts()
     if report.exact_duplicates:
-        lines.append(f"exact duplicates (same bytes): {len(report.exact_duplicates):,} group(s), "
-                     f"{counts['exact_duplicate_extra_files']:,} redundant file(s), "
-                     f"{counts['exact_duplicate_groups_across_classes']:,} group(s) span classes")
-        lines.extend(f"  {' = '.join(g['files'])}" for g in report.exact_duplicates[:examples])
-        more(report.exact_duplicates)
+        summary.lines.append(f"exact duplicates (same bytes): {len(report.exact_duplicates):,} group(s), "
+                             f"{counts['exact_duplicate_extra_files']:,} redundant file(s), "
+                             f"{counts['exact_duplicate_groups_across_classes']:,} group(s) span classes")
+        summary.listing(report.exact_duplicates, lambda g: " = ".join(g["files"]))
     if report.near_duplicates:
-        lines.append(f"near duplicates (phash distance <= {report.settings.get('near_threshold')}): "
-                     f"{len(report.near_duplicates):,} group(s), {counts['near_duplicate_extra_files']:,} redundant "
-                     f"file(s), {counts['near_duplicate_groups_across_classes']:,} group(s) span classes")
-        lines.extend(f"  {' ~ '.join(g['files'])} (max distance {g['max_distance']})"
-                     for g in report.near_duplicates[:examples])
-        more(report.near_duplicates)
-    if report.cross_split is not None:
-        if report.cross_split:
-            section("duplicates across splits (leak)", report.cross_split,
-                    lambda x: f"{x['split_a']}:{x['file_a']} ~ {x['split_b']}:{x['file_b']} "
-                    f"({'identical bytes' if x['exact'] else 'distance ' + str(x['distance'])})")
-        else:
-            lines.append("duplicates across splits: none")
-    if report.borders.get("with_border"):
-        b = report.borders
-        lines.append(f"black padding borders: {b['with_border']:,} of {b['checked']:,} images "
-                     f"({b['fraction']:.1%}), covering {b['mean_border_area']:.0%} of such an image on average")
-    if not report.problems:
-        lines.append("no problems found")
-    return "\n".join(lines)
+        summary.lines.append(
+            f"near duplicates (phash distance <= {report.settings.get('near_threshold')}): "
+            f"{len(report.near_duplicates):,} group(s), {counts['near_duplicate_extra_files']:,} redundant "
+            f"file(s), {counts['near_duplicate_groups_across_classes']:,} group(s) span classes")
+        summary.listing(report.near_duplicates, lambda g: f"{' ~ '.join(g['files'])} (max distance {g['max_distance']})")
+    if report.cross_split:
+        summary.section("duplicates across splits (leak)", report.cross_split,
+                        lambda x: f"{x['split_a']}:{x['file_a']} ~ {x['split_b']}:{x['file_b']} "
+                        f"({'identical bytes' if x['exact'] else 'distance ' + str(x['distance'])})")
+    elif report.cross_split is not None:
+        summary.lines.append("duplicates across splits: none")
 
 
 def write_report(report: AuditReport, path: str | os.PathLike) -> Path:

@@ -4,20 +4,17 @@ A source is only a list of examples (file paths or in-memory arrays) with intege
 decoding happens later, in the tf.data pipeline, so folder datasets stream from disk.
 
 Before a run trains on image files, :func:`screen_images` checks the files it will use
-(:func:`check_images`): unreadable, empty, non-image, truncated and undecodable files, and
-decompression bombs (judged from the header alone, never decoded). A run stops before
+(:func:`check_images`, with the file checks of ``triptych.data.images``): unreadable, empty,
+non-image, truncated and undecodable files, and decompression bombs (judged from the header
+alone, never decoded). A run stops before
 training with one line naming the first bad file, or, with ``data.skip_bad``, leaves the bad
 files out and lists them in the manifest.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import re
-import stat
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -26,9 +23,18 @@ from typing import Any
 
 import numpy as np
 
-from triptych.errors import TriptychError
+from triptych.data.images import (
+    DECODABLE_FORMATS,
+    IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
+    ImageError,
+    list_images,
+    read_header,
+    stat_image_file,
+    undecodable,
+)
+from triptych.errors import InvalidArgumentError, MissingFileError, TriptychError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 MIRROR_ENV = "TRIPTYCH_MIRROR"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -103,7 +109,7 @@ def _cifar10_from_keras(looked: list[str]) -> DataSource:
     try:
         (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
     except Exception as err:  # urllib/HTTP/OS errors: no network and no cached copy
-        raise TriptychError(
+        raise MissingFileError(
             "CIFAR-10 not found: looked in "
             + ", ".join(looked)
             + f" and tried keras.datasets.cifar10 (download failed: {err.__class__.__name__}). "
@@ -124,7 +130,7 @@ def load_folder(root: str | os.PathLike) -> DataSource:
     """A class-per-subfolder dataset; ``root/train`` + ``root/test`` are used as given splits."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise TriptychError(f"dataset folder {root} does not exist (expected one subfolder per class)")
+        raise MissingFileError(f"dataset folder {root} does not exist (expected one subfolder per class)")
     if (root / "train").is_dir() and (root / "test").is_dir():
         paths, labels, classes = list_image_folder(root / "train")
         test_paths, test_labels, _ = list_image_folder(root / "test", class_names=classes)
@@ -158,20 +164,20 @@ def list_image_folder(
     if class_names is None:
         class_names = tuple(found)
     elif set(found) != set(class_names):
-        raise TriptychError(
+        raise InvalidArgumentError(
             f"{root}: class folders {sorted(found)} differ from the training classes {sorted(class_names)}"
         )
     if len(class_names) < 2:
-        raise TriptychError(
+        raise InvalidArgumentError(
             f"{root}: found {len(class_names)} class folder(s) {list(class_names)}; a classifier needs at least 2 "
             "(one subfolder of images per class)"
         )
     paths: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(class_names):
-        files = sorted(str(p) for p in _walk_images(root / name))
+        files = [str(p) for p in list_images(root / name)]
         if not files:
-            raise TriptychError(f"{root / name}: class folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise InvalidArgumentError(f"{root / name}: class folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         paths.extend(files)
         labels.extend([label] * len(files))
     return paths, labels, tuple(class_names)
@@ -184,21 +190,9 @@ def _refuse_symlink_loops(root: Path, names: Iterable[str]) -> None:
     for name in names:
         real = os.path.realpath(root / name)
         if real_root == real or real_root.startswith(real.rstrip(os.sep) + os.sep):
-            raise TriptychError(
+            raise InvalidArgumentError(
                 f"{root / name}: symbolic link loop (the class folder points back to {real}); remove the link"
             )
-
-
-def _walk_images(folder: Path):
-    # os.walk without followlinks cannot loop forever on a symlink cycle.
-    def unreadable(err: OSError) -> None:
-        raise TriptychError(f"cannot list {err.filename}: {err.strerror or err}")
-
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in filenames:
-            if filename.lower().endswith(IMAGE_EXTENSIONS) and not filename.startswith("."):
-                yield Path(dirpath) / filename
 
 
 def _file_examples(paths: list[str], labels: list[int]) -> Examples:
@@ -221,19 +215,12 @@ def fingerprint(examples: Examples) -> str:
 # --------------------------------------------------------------------------------------------
 # Screening image files before training
 
-# What tf.io.decode_image reads (by content, whatever the extension).
-DECODABLE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP"})
-# Pillow's own default (Image.MAX_IMAGE_PIXELS, a 9459x9459 image), as in triptych.data.audit:
-# a header claiming more is a decompression bomb and is never decoded.
-MAX_IMAGE_PIXELS = 89_478_485
 # Every image is decoded once, exactly as training decodes it, when all the images a run uses
 # hold at most this many pixels together (all of CIFAR-10: 61 M pixels; the WikiArt sample at
 # 224 px: 226 M). Larger datasets get the header and end-of-file checks only, and only the files
 # whose end looks wrong are decoded. Measured on a busy 2-core machine: 50,000 CIFAR-10 JPEGs in
 # 15-20 s (header ~0.1 ms + decode ~0.1-0.2 ms a file), once per process (then cached).
 FULL_DECODE_PIXELS = 400_000_000
-_TAIL_BYTES = 1024
-_BOMB = re.compile(r"Image size \((\d+) pixels\) exceeds limit of (\d+) pixels")
 # (abspath, size, mtime_ns, max_pixels) -> the file's header and, once decoded, its verdict
 _CHECKED: dict[tuple[str, int, int, int], _Verdict] = {}
 
@@ -294,13 +281,11 @@ def check_images(
     Verdicts are cached in this process by (path, size, mtime): checking the same files again
     costs one ``stat`` each.
     """
-    verdicts = _map(lambda p: _check_header(p, max_pixels), paths, workers)
+    verdicts = _map(lambda p: _check_file(p, max_pixels), paths, workers)
     pending = [i for i, v in enumerate(verdicts) if v.reason is None and not v.decoded]
     if sum(verdicts[i].pixels for i in pending) > full_decode_pixels:
         pending = [i for i in pending if verdicts[i].suspicious]
     if pending:
-        from triptych.data.pipeline import undecodable
-
         failed = undecodable([paths[i] for i in pending])
         for i in pending:
             reason = failed.get(paths[i])
@@ -319,79 +304,33 @@ def clear_check_cache() -> None:
 
 
 def _map(function: Callable[[str], Any], paths: Sequence[str], workers: int) -> list:
-    # Pillow warns (DecompressionBombWarning) for headers between its limit and twice its limit;
-    # those files are reported as bombs here, so the warning is noise. The filter is process-wide
-    # state: it is set around the whole pool, not per thread. Header parsing holds the GIL, so
-    # threads only help where file system latency dominates (network file systems).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", _bomb_warning())
-        if workers <= 1 or len(paths) < 256:
-            return [function(p) for p in paths]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(function, paths, chunksize=64))
+    # Header parsing holds the GIL, so threads only help where file system latency dominates
+    # (network file systems).
+    if workers <= 1 or len(paths) < 256:
+        return [function(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(function, paths, chunksize=64))
 
 
-def _bomb_warning() -> type[Warning]:
-    from PIL import Image
-
-    return Image.DecompressionBombWarning
-
-
-def _check_header(path: str, max_pixels: int) -> _Verdict:
-    from PIL import Image
-
+def _check_file(path: str, max_pixels: int) -> _Verdict:
+    """The verdict from the file's metadata and header (cached by path, size and mtime)."""
     try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return _Verdict("the file name is not valid UTF-8; rename the file")
-    try:
-        info = os.stat(path)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            return _Verdict("cannot read: symbolic link loop")
-        return _Verdict(f"cannot read: {err.strerror or err}")
-    if not stat.S_ISREG(info.st_mode):
-        return _Verdict("not a regular file")
-    if info.st_size == 0:
-        return _Verdict("empty file (0 bytes)")
+        info = stat_image_file(path)
+    except ImageError as err:
+        return _Verdict(str(err))
     key = (os.path.abspath(path), info.st_size, info.st_mtime_ns, max_pixels)
     cached = _CHECKED.get(key)
     if cached is not None:
         return cached
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-            handle.seek(0)
-            try:
-                with Image.open(handle) as image:  # parses the header only
-                    fmt, mode, (width, height) = image.format, image.mode, image.size
-            except Image.DecompressionBombError as err:
-                match = _BOMB.search(str(err))
-                claimed = f"{int(match.group(1)):,} pixels" if match else "too many pixels"
-                return _Verdict(f"decompression bomb: the header claims {claimed}, over the limit of "
-                                f"{max_pixels:,}; not decoded", key=key)
-            except Image.UnidentifiedImageError:
-                return _Verdict(f"not an image (the file starts with {head!r})", key=key)
-            handle.seek(max(0, info.st_size - _TAIL_BYTES))
-            tail = handle.read()
-    except OSError as err:
-        return _Verdict(f"cannot read: {err.strerror or err}", key=key)
-    except Exception as err:  # noqa: BLE001 - any header Pillow chokes on is a bad file, not a crash
-        return _Verdict(f"unreadable image header ({err.__class__.__name__}: {err})", key=key)
-    if fmt not in DECODABLE_FORMATS:
-        return _Verdict(f"{fmt} image, which TensorFlow cannot decode (JPEG, PNG, BMP, GIF, WebP); convert it", key=key)
-    if width * height > max_pixels:
-        return _Verdict(f"decompression bomb: the header claims {width}x{height} = {width * height:,} pixels, "
-                        f"over the limit of {max_pixels:,}; not decoded", key=key)
-    if width < 1 or height < 1:
-        return _Verdict(f"the header claims an empty {width}x{height} image", key=key)
-    truncated = False
-    if fmt in ("JPEG", "MPO"):
-        truncated = b"\xff\xd9" not in tail  # no end-of-image marker
-    elif fmt == "PNG":
-        truncated = b"IEND" not in tail
-    uncommon = fmt not in ("JPEG", "MPO", "PNG") or mode == "1"
-    return _Verdict(None, width * height, truncated or uncommon, truncated, key=key)
+        header = read_header(path, max_pixels)
+    except ImageError as err:
+        return _Verdict(str(err), key=key)
+    if header.format not in DECODABLE_FORMATS:
+        return _Verdict(f"{header.format} image, which TensorFlow cannot decode (JPEG, PNG, BMP, GIF, WebP); "
+                        "convert it", key=key)
+    uncommon = header.format not in ("JPEG", "MPO", "PNG") or header.mode == "1"
+    return _Verdict(None, header.pixels, header.truncated or uncommon, header.truncated, key=key)
 
 
 def screen_images(

@@ -25,7 +25,7 @@ from triptych.data.audit import (
     inspect_file,
     read_split_csv,
 )
-from triptych.errors import TriptychError
+from triptych.errors import InvalidArgumentError, MissingFileError, TriptychError
 
 SRC = Path(__file__).resolve().parents[2]
 
@@ -259,11 +259,21 @@ def test_audit_with_splits_and_train_test_layout(messy, tmp_path):
 
 
 def test_missing_or_non_folder_is_a_user_error(tmp_path):
-    with pytest.raises(TriptychError, match="does not exist"):
+    with pytest.raises(MissingFileError, match="does not exist"):
         audit_folder(tmp_path / "nope")
     (tmp_path / "file.jpg").write_bytes(b"x")
-    with pytest.raises(TriptychError, match="not a folder"):
+    with pytest.raises(InvalidArgumentError, match="not a folder"):
         audit_folder(tmp_path / "file.jpg")
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"workers": 0}, r"workers must be >= 1 \(or None: up to 4 threads\), got 0"),
+    ({"near_threshold": -1}, r"near_threshold must be >= 0 .*, got -1"),
+    ({"min_side": 0}, r"min_side and max_pixels must be >= 1, got 0 and "),
+])
+def test_bad_settings_are_refused_by_the_api(messy, setting, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        audit_folder(messy, progress=False, **setting)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -101,8 +101,8 @@ def test_check_images_finds_every_bad_file_and_accepts_odd_valid_ones(corpus, fu
 def test_a_bomb_is_never_decoded_and_verdicts_are_cached(corpus, monkeypatch):
     bad, valid = corpus
     decoded: list[str] = []
-    real = pipeline.undecodable
-    monkeypatch.setattr(pipeline, "undecodable", lambda paths: decoded.extend(paths) or real(paths))
+    real = sources.undecodable
+    monkeypatch.setattr(sources, "undecodable", lambda paths: decoded.extend(paths) or real(paths))
     check_images([*bad, *valid])
     assert not any(Path(p).name in ("bomb.png", "just over the limit.png") for p in decoded)
     assert set(valid) <= set(decoded)
@@ -110,7 +110,7 @@ def test_a_bomb_is_never_decoded_and_verdicts_are_cached(corpus, monkeypatch):
     def no_decoding(paths):
         raise AssertionError(f"decoded again: {paths}")
 
-    monkeypatch.setattr(pipeline, "undecodable", no_decoding)
+    monkeypatch.setattr(sources, "undecodable", no_decoding)
     assert {b.path for b in check_images([*bad, *valid])} == set(bad)
 
 

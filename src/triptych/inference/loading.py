@@ -9,6 +9,9 @@ Models are only ever loaded with ``keras.saving.load_model(..., safe_mode=True)`
 that would run arbitrary Python code (a ``Lambda`` layer) is refused before Keras reads it,
 and nothing is ever unpickled. Every way a file can be wrong ends in one
 :class:`~triptych.errors.TriptychError` line.
+
+Image files are listed, checked, decoded and resized by ``triptych.data.images``, exactly as
+training does.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import warnings
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,12 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from triptych.errors import TriptychError
+from triptych.data import images
+from triptych.data.images import IMAGE_EXTENSIONS, ImageError
+from triptych.errors import InvalidArgumentError, MissingFileError, TriptychError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what decode_image reads
-# Pillow's default Image.MAX_IMAGE_PIXELS (a 9459x9459 image), as the data audit uses: a header
-# claiming more is treated as a decompression bomb and never decoded.
-MAX_IMAGE_PIXELS = 89_478_485
 NO_PREPROCESSING = "none"  # images go in as float32 0..255 (a model that normalises itself)
 MODEL_FILE = "model.keras"
 # Layer classes whose config carries Python code; Keras's safe mode refuses them too, but we
@@ -81,7 +81,7 @@ def load(run_or_model: str | os.PathLike | LoadedModel, preprocessing: str | Non
     if path.is_dir():
         model_path = path / MODEL_FILE
         if not model_path.is_file():
-            raise TriptychError(f"{path}: not a run directory (no {MODEL_FILE}; has the run finished training?)")
+            raise MissingFileError(f"{path}: not a run directory (no {MODEL_FILE}; has the run finished training?)")
         meta_dir = path
     else:
         model_path = path
@@ -121,7 +121,7 @@ def load_keras_model(path: str | os.PathLike):
     """``keras.saving.load_model(path, safe_mode=True)`` with every failure as one clear line."""
     path = Path(path)
     if not path.exists():
-        raise TriptychError(f"{path}: no such file or directory")
+        raise MissingFileError(f"{path}: no such file or directory")
     if not path.is_file():
         raise TriptychError(f"{path}: not a model file (expected a .keras file or a run directory)")
     if path.suffix in (".h5", ".hdf5"):
@@ -210,14 +210,14 @@ def _resolve_preprocessing(explicit: str | None, model_name: str | None, model, 
     valid = sorted([*PREPROCESSORS, NO_PREPROCESSING])
     if explicit:
         if explicit not in valid:
-            raise TriptychError(f"unknown preprocessing {explicit!r}; valid: {', '.join(valid)}")
+            raise InvalidArgumentError(f"unknown preprocessing {explicit!r}; valid: {', '.join(valid)}")
         return explicit
     for name in (model_name, getattr(model, "name", None)):
         if name in MODELS:
             return MODELS[name].preprocessing
-    raise TriptychError(
+    raise InvalidArgumentError(
         f"{path}: cannot tell which preprocessing the model was trained with (no manifest.json naming a registered "
-        f"model next to it); pass --preprocessing {'|'.join(valid)}"
+        f"model next to it); pass preprocessing= one of {', '.join(valid)}"
     )
 
 
@@ -251,92 +251,35 @@ def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
-            found = sorted(_walk_images(path))
+            found = images.list_images(path)
             if not found:
-                raise TriptychError(f"{path}: no images in this folder ({', '.join(IMAGE_EXTENSIONS)}, searched recursively)")
+                raise InvalidArgumentError(
+                    f"{path}: no images in this folder ({', '.join(IMAGE_EXTENSIONS)}, searched recursively)"
+                )
             files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
-            raise TriptychError(f"{path}: no such file or folder")
+            raise MissingFileError(f"{path}: no such file or folder")
     if not files:
-        raise TriptychError("no images given")
+        raise InvalidArgumentError("no images given")
     return list(dict.fromkeys(files))  # drop duplicates, keep order
-
-
-def _walk_images(folder: Path) -> Iterable[Path]:
-    # os.walk without followlinks cannot loop on a symlink cycle.
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in filenames:
-            if filename.lower().endswith(IMAGE_EXTENSIONS) and not filename.startswith("."):
-                yield Path(dirpath) / filename
-
-
-class ImageError(Exception):
-    """One image could not be read; callers report it and go on with the others."""
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file as a uint8 RGB array; :class:`ImageError` if it cannot be read or decoded."""
-    import tensorflow as tf
-
-    from triptych.data.pipeline import decode_image
-
-    path = Path(path)
-    if not path.is_file():
-        if _IN_MEMORY_ID.match(str(path).replace(os.sep, "/")):
-            # keras.datasets keeps these as pickles: inference never unpickles anything.
-            raise ImageError("an in-memory dataset image (keras.datasets), not a file")
-        raise ImageError("no such file")
-    _refuse_bombs(path)
-    try:
-        return decode_image(tf.io.read_file(str(path))).numpy()
-    except (tf.errors.OpError, ValueError) as err:
-        message = getattr(err, "message", None) or _first_line(err)
-        message = re.sub(r"\{\{[^}]*\}\}|\s*\[Op:.*$", "", message, flags=re.DOTALL).strip()
-        raise ImageError(f"cannot decode image ({(message.splitlines() or ['unknown format'])[0][:120]})") from err
+    if not Path(path).is_file() and _IN_MEMORY_ID.match(str(path).replace(os.sep, "/")):
+        # keras.datasets keeps these as pickles: inference never unpickles anything.
+        raise ImageError("an in-memory dataset image (keras.datasets), not a file")
+    return images.read_image(path)
 
 
-def _refuse_bombs(path: Path) -> None:
-    """Judge the pixel count from the header (Pillow parses it without decoding) and never
-    decode a decompression bomb; anything Pillow cannot parse is left to TensorFlow's decoder."""
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-    except Image.DecompressionBombError:
-        raise ImageError(f"decompression bomb: the header claims over {MAX_IMAGE_PIXELS:,} pixels; not decoded") from None
-    except Exception:  # noqa: BLE001 - not Pillow's to judge: decode_image reports it
-        return
-    if width * height > MAX_IMAGE_PIXELS:
-        raise ImageError(
-            f"decompression bomb: the header claims {width}x{height} = {width * height:,} pixels, over the limit "
-            f"of {MAX_IMAGE_PIXELS:,}; not decoded"
-        )
-
-
-def preprocess_images(images: Sequence[np.ndarray], size: tuple[int, int], preprocessing: str) -> np.ndarray:
+def preprocess_images(pictures: Sequence[np.ndarray], size: tuple[int, int], preprocessing: str) -> np.ndarray:
     """Resize (exactly as the training pipeline does) and normalise a list of uint8 images."""
-    import tensorflow as tf
-
     height, width = size
-    batch = np.stack([_resize(tf.convert_to_tensor(image), height, width) for image in images]).astype(np.float32)
+    batch = np.stack([images.resize(picture, height, width).numpy() for picture in pictures]).astype(np.float32)
     if preprocessing == NO_PREPROCESSING:
         return batch
     from triptych.data.preprocessing import get_preprocessor
 
     return np.asarray(get_preprocessor(preprocessing)(batch), dtype=np.float32)
-
-
-def _resize(image, height: int, width: int) -> np.ndarray:
-    """float32 HxWx3; the training pipeline's resize (antialiased bilinear, skipped at the target size)."""
-    import tensorflow as tf
-
-    image = tf.cast(image, tf.float32)
-    if image.shape[0] == height and image.shape[1] == width:
-        return image.numpy()
-    return tf.image.resize(image, [height, width], antialias=True).numpy()

@@ -35,7 +35,7 @@ def test_bare_keras_file_uses_sibling_manifest(tiny_run):
 def test_bare_keras_file_without_metadata(tiny_run, tmp_path):
     model = tmp_path / "alone.keras"
     shutil.copy(tiny_run / "model.keras", model)
-    with pytest.raises(TriptychError, match="pass --preprocessing"):
+    with pytest.raises(TriptychError, match="pass preprocessing= one of caffe, none, tf, torch"):
         load(model)
     loaded = load(model, preprocessing="tf")
     assert loaded.class_names == ["class_0", "class_1", "class_2"] and loaded.preprocessing == "tf"
