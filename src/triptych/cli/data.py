@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from triptych.cli import add_command_parser
 
@@ -63,9 +64,8 @@ def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    import sys
-
     if args.dataset == "wikiart":
+        # Imported here, not at the top: building the parser must stay cheap for every command.
         from triptych.data.wikiart import fetch_wikiart
 
         result = fetch_wikiart(

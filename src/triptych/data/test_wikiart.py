@@ -13,7 +13,7 @@ from PIL import Image
 
 from triptych.data import wikiart
 from triptych.data.wikiart import fetch_wikiart
-from triptych.errors import TriptychError
+from triptych.errors import InvalidArgumentError, MissingFileError, TriptychError
 
 datasets = pytest.importorskip("datasets")
 
@@ -112,9 +112,9 @@ def test_plain_string_styles(tmp_path):
 
 
 def test_bad_arguments(parquet, tmp_path):
-    with pytest.raises(TriptychError, match="no such parquet file"):
+    with pytest.raises(MissingFileError, match="no such parquet file"):
         fetch_wikiart(tmp_path / "x", ["Romanticism"], 1, parquet=[tmp_path / "missing.parquet"])
-    with pytest.raises(TriptychError, match="per-class"):
+    with pytest.raises(InvalidArgumentError, match=r"per_class must be >= 1, got 0"):
         fetch_wikiart(tmp_path / "x", ["Romanticism"], 0, parquet=[parquet])
 
 
@@ -125,10 +125,10 @@ def test_no_network_fails_fast_with_a_hint(monkeypatch, tmp_path):
     for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(socket, "getaddrinfo", offline)
-    with pytest.raises(TriptychError, match="no network.*--parquet"):
+    with pytest.raises(TriptychError, match=r"no network.*pass parquet=\[FILE, \.\.\.\]"):
         fetch_wikiart(tmp_path / "x", ["Romanticism"], 1)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(TriptychError, match="offline mode.*--parquet"):
+    with pytest.raises(TriptychError, match=r"offline mode.*pass parquet=\[FILE, \.\.\.\]"):
         fetch_wikiart(tmp_path / "x", ["Romanticism"], 1)
 
 

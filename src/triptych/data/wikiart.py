@@ -31,8 +31,9 @@ from urllib.parse import urlparse
 
 from PIL import Image
 
-from triptych.errors import TriptychError
+from triptych.errors import InvalidArgumentError, MissingFileError, TriptychError
 from triptych.io import atomic_write_bytes, atomic_write_with
+from triptych.progress import progress_bar
 
 DEFAULT_SOURCE = "huggan/wikiart"
 DEFAULT_STYLES = ("Romanticism", "Expressionism", "Post_Impressionism")
@@ -68,107 +69,154 @@ def fetch_wikiart(
     split: str = "train",
     progress: bool | None = None,
 ) -> FetchResult:
-    """Write up to ``per_class`` images of each style under ``out/<style>/``; see the module doc."""
-    if per_class < 1:
-        raise TriptychError(f"--per-class must be 1 or more, not {per_class}")
-    if not styles:
-        raise TriptychError("name at least one style, e.g. --styles Romanticism Expressionism")
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise TriptychError(f"--out {out} exists and is not a folder")
+    """Write up to ``per_class`` images of each style under ``out/<style>/``; see the module doc.
+
+    ``progress`` shows a bar (default: when stderr is a terminal).
+    """
+    out = _checked_arguments(out, styles, per_class)
     files = _expand_parquet(parquet) if parquet else None
     origin = ", ".join(map(str, files)) if files else source
-
-    # A complete folder needs no network and no `datasets` (style names matched as in _resolve_styles).
-    folders = {_normalise(p.name): p.name for p in out.iterdir() if p.is_dir()} if out.is_dir() else {}
-    done = {folders.get(_normalise(s), s): _existing(out / folders.get(_normalise(s), s)) for s in styles}
-    if all(len(names) >= per_class for names in done.values()):
-        return FetchResult(str(out), per_class, dict.fromkeys(done, per_class), present=per_class * len(done),
-                           source=origin)
-
+    complete = _complete_folder(out, styles, per_class, origin)
+    if complete is not None:
+        return complete
     datasets = _import_datasets()
     stream = _open_stream(datasets, source, files, split)
     features = stream.features or {}
-    for column in ("image", "style"):
-        if features and column not in features:
-            raise TriptychError(f"{origin} has no '{column}' column (columns: {', '.join(features)}); "
-                                "expected the huggan/wikiart schema: image, artist, genre, style")
-    style_feature = features.get("style")
-    if not features:  # no declared schema: make sure styles are not bare integers before scanning
-        first = next(iter(stream.take(1)), None)
-        if first is not None and isinstance(first.get("style"), int):
-            raise TriptychError(f"{origin} gives styles as integers without their names (no ClassLabel "
-                                "feature); cannot tell which is which")
-    wanted = _resolve_styles(styles, style_feature, origin)  # folder name -> value in the 'style' column
+    _check_schema(stream, features, origin)
+    wanted = _resolve_styles(styles, features.get("style"), origin)  # folder name -> value in the 'style' column
     if isinstance(features.get("image"), datasets.Image):
         # the encoded bytes, not a decoded PIL image: JPEGs are written as they are
         stream = stream.cast_column("image", datasets.Image(decode=False))
     by_value = {value: name for name, value in wanted.items()}
     stream = stream.filter(lambda value: value in by_value, input_columns="style")
+    writer = _Writer(out, per_class, "parquet" if files else source, features, list(wanted), origin)
+    _stream_into(writer, stream, by_value, progress)
+    return writer.finished()
 
-    existing = {name: _existing(out / name) for name in wanted}
-    counts = dict.fromkeys(wanted, 0)
-    manifest = _read_manifest(out / MANIFEST)
-    result = FetchResult(str(out), per_class, counts, source=origin)
-    seen: dict[str, set[str]] = {name: set() for name in wanted}
-    label = {column: _namer(features.get(column)) for column in ("artist", "genre")}
-    unsaved = 0
 
-    with _Progress(progress, wanted, per_class) as advance:
+def _checked_arguments(out: str | os.PathLike, styles: Sequence[str], per_class: int) -> Path:
+    if per_class < 1:
+        raise InvalidArgumentError(f"per_class must be >= 1, got {per_class}")
+    if isinstance(styles, str) or not styles:
+        raise InvalidArgumentError(f"styles must be a non-empty list of style names, e.g. {list(DEFAULT_STYLES[:2])}, "
+                                   f"got {styles!r}")
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InvalidArgumentError(f"out must be a folder, but {path} exists and is not one")
+    return path
+
+
+def _complete_folder(out: Path, styles: Sequence[str], per_class: int, origin: str) -> FetchResult | None:
+    """The result when ``out`` already holds ``per_class`` images of every style: a complete
+    folder needs no network and no ``datasets`` (style names matched as in _resolve_styles)."""
+    folders = {_normalise(p.name): p.name for p in out.iterdir() if p.is_dir()} if out.is_dir() else {}
+    done = {folders.get(_normalise(s), s): _existing(out / folders.get(_normalise(s), s)) for s in styles}
+    if not all(len(names) >= per_class for names in done.values()):
+        return None
+    return FetchResult(str(out), per_class, dict.fromkeys(done, per_class), present=per_class * len(done),
+                       source=origin)
+
+
+def _check_schema(stream: Any, features: dict[str, Any], origin: str) -> None:
+    for column in ("image", "style"):
+        if features and column not in features:
+            raise InvalidArgumentError(f"{origin} has no '{column}' column (columns: {', '.join(features)}); "
+                                       "expected the huggan/wikiart schema: image, artist, genre, style")
+    if not features:  # no declared schema: make sure styles are not bare integers before scanning
+        first = next(iter(stream.take(1)), None)
+        if first is not None and isinstance(first.get("style"), int):
+            raise InvalidArgumentError(f"{origin} gives styles as integers without their names (no ClassLabel "
+                                       "feature); cannot tell which is which")
+
+
+class _Writer:
+    """Writes the streamed images of each style into ``out/<style>/`` and keeps the manifest."""
+
+    def __init__(self, out: Path, per_class: int, provenance: str, features: dict[str, Any], styles: list[str],
+                 origin: str):
+        self.out, self.per_class, self.provenance = out, per_class, provenance
+        self.label = {column: _namer(features.get(column)) for column in ("artist", "genre")}
+        self.existing = {name: _existing(out / name) for name in styles}
+        self.seen: dict[str, set[str]] = {name: set() for name in styles}
+        self.manifest = _read_manifest(out / MANIFEST)
+        self.result = FetchResult(str(out), per_class, dict.fromkeys(styles, 0), source=origin)
+        self.unsaved = 0
+
+    def full(self, name: str) -> bool:
+        return len(self.seen[name]) >= self.per_class
+
+    def done(self) -> bool:
+        return all(self.full(name) for name in self.seen)
+
+    def add(self, name: str, row: dict[str, Any]) -> bool:
+        """Keep the row's image as one of style ``name``; False if it is broken or a repeat."""
+        data = _image_bytes(row["image"])
+        if data is None:
+            self.result.bad += 1
+            return False
+        digest = hashlib.sha1(data).hexdigest()
+        filename = f"{digest[:20]}.jpg"
+        if filename in self.seen[name]:  # the same picture twice in the source
+            return False
+        if filename in self.existing[name]:
+            self.result.present += 1
+        elif not self._write(self.out / name / filename, data):
+            return False
+        self.seen[name].add(filename)
+        self.manifest[f"{name}/{filename}"] = {
+            "file": f"{name}/{filename}",
+            "style": name,
+            "artist": self.label["artist"](row.get("artist")),
+            "genre": self.label["genre"](row.get("genre")),
+            "sha1": digest,
+            "source": self.provenance,
+        }
+        self.result.counts[name] = len(self.seen[name])
+        if self.unsaved >= _MANIFEST_EVERY:
+            self.save()
+        return True
+
+    def _write(self, path: Path, data: bytes) -> bool:
+        jpeg = _as_jpeg(data)
+        if jpeg is None:
+            self.result.bad += 1
+            return False
+        atomic_write_bytes(path, jpeg)
+        self.result.written += 1
+        self.unsaved += 1
+        return True
+
+    def save(self) -> None:
+        _write_manifest(self.out / MANIFEST, self.manifest)
+        self.unsaved = 0
+
+    def finished(self) -> FetchResult:
+        self.save()
+        self.result.short = {name: len(seen) for name, seen in self.seen.items() if len(seen) < self.per_class}
+        return self.result
+
+
+def _stream_into(writer: _Writer, stream: Iterable[dict[str, Any]], by_value: dict[Any, str],
+                 progress: bool | None) -> None:
+    """Feed the rows to ``writer`` until every style is full or the stream ends; the manifest
+    is saved whatever happens, so a rerun resumes."""
+    with progress_bar(writer.per_class * len(writer.seen), "fetching paintings", enabled=progress) as advance:
         try:
             for row in stream:
                 name = by_value[row["style"]]
-                if len(seen[name]) >= per_class:
-                    if all(len(seen[s]) >= per_class for s in wanted):
-                        break
-                    continue
-                data = _image_bytes(row["image"])
-                if data is None:
-                    result.bad += 1
-                    continue
-                digest = hashlib.sha1(data).hexdigest()
-                filename = f"{digest[:20]}.jpg"
-                if filename in seen[name]:  # the same picture twice in the source
-                    continue
-                if filename in existing[name]:
-                    result.present += 1
-                else:
-                    jpeg = _as_jpeg(data)
-                    if jpeg is None:
-                        result.bad += 1
-                        continue
-                    atomic_write_bytes(out / name / filename, jpeg)
-                    result.written += 1
-                    unsaved += 1
-                seen[name].add(filename)
-                manifest[f"{name}/{filename}"] = {
-                    "file": f"{name}/{filename}",
-                    "style": name,
-                    "artist": label["artist"](row.get("artist")),
-                    "genre": label["genre"](row.get("genre")),
-                    "sha1": digest,
-                    "source": source if not files else "parquet",
-                }
-                counts[name] = len(seen[name])
-                advance(name, counts[name])
-                if unsaved >= _MANIFEST_EVERY:
-                    _write_manifest(out / MANIFEST, manifest)
-                    unsaved = 0
-                if all(len(seen[s]) >= per_class for s in wanted):
+                if not writer.full(name) and writer.add(name, row):
+                    advance()
+                if writer.done():
                     break
         except (TriptychError, KeyboardInterrupt):
-            _write_manifest(out / MANIFEST, manifest)
+            writer.save()
             raise
         except Exception as err:  # network and hub errors while streaming
-            _write_manifest(out / MANIFEST, manifest)
+            writer.save()
             raise TriptychError(
-                f"streaming {origin} failed after {result.written} new images ({_describe(err)}); "
-                "rerun the same command to resume"
+                f"streaming {writer.result.source} failed after {writer.result.written} new images "
+                f"({_describe(err)}); rerun the same command to resume"
             ) from err
-    _write_manifest(out / MANIFEST, manifest)
-    result.counts = counts
-    result.short = {name: len(seen[name]) for name in wanted if len(seen[name]) < per_class}
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,7 +228,7 @@ def _import_datasets():
         import datasets
     except ImportError as err:
         raise TriptychError(
-            "triptych data wikiart needs the Hugging Face 'datasets' package: pip install datasets"
+            "fetch_wikiart needs the Hugging Face 'datasets' package: pip install datasets"
         ) from err
     return datasets
 
@@ -196,7 +244,7 @@ def _expand_parquet(parquet: Sequence[str | os.PathLike]) -> list[str]:
         else:
             matches = [entry] if Path(entry).is_file() else []
         if not matches:
-            raise TriptychError(f"--parquet {entry}: no such parquet file")
+            raise MissingFileError(f"parquet: no such parquet file {entry}")
         files.extend(matches)
     return files
 
@@ -206,14 +254,14 @@ def _open_stream(datasets, source: str, files: list[str] | None, split: str):
         try:
             return datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
         except Exception as err:  # unreadable or non-parquet files
-            raise TriptychError(f"cannot read --parquet {', '.join(files)}: {_describe(err)}") from err
+            raise InvalidArgumentError(f"cannot read the parquet files {', '.join(files)}: {_describe(err)}") from err
     _check_hub_reachable(source)
     try:
         return datasets.load_dataset(source, split=split, streaming=True)
     except Exception as err:  # hub, network and "no such dataset/split" errors
         raise TriptychError(
             f"cannot stream {source} (split {split}) from the Hugging Face hub: {_describe(err)}. "
-            "Connect to the internet, or pass --parquet FILE ... with a local copy of its parquet files"
+            "Connect to the internet, or pass parquet=[FILE, ...] with a local copy of its parquet files"
         ) from err
 
 
@@ -223,7 +271,7 @@ def _check_hub_reachable(source: str) -> None:
     if any(os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on") for flag in flags):
         raise TriptychError(
             f"cannot stream {source}: offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); "
-            "unset it and connect, or pass --parquet FILE ... with a local copy of its parquet files"
+            "unset it and connect, or pass parquet=[FILE, ...] with a local copy of its parquet files"
         )
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return  # the proxy resolves names, not us
@@ -233,7 +281,7 @@ def _check_hub_reachable(source: str) -> None:
     except OSError as err:
         raise TriptychError(
             f"cannot stream {source}: no network ({host} does not resolve: {err}). "
-            "Connect to the internet, or pass --parquet FILE ... with a local copy of its parquet files"
+            "Connect to the internet, or pass parquet=[FILE, ...] with a local copy of its parquet files"
         ) from err
 
 
@@ -267,7 +315,7 @@ def _resolve_styles(styles: Iterable[str], feature: Any, origin: str) -> dict[st
         else:
             wanted[match[0]] = match[1]
     if unknown:
-        raise TriptychError(
+        raise InvalidArgumentError(
             f"unknown style{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in {origin}; "
             f"valid styles: {', '.join(names)}"
         )
@@ -351,28 +399,3 @@ def _write_manifest(path: Path, rows: dict[str, dict[str, str]]) -> None:
             writer.writerows(rows[key] for key in sorted(rows))
 
     atomic_write_with(path, write)
-
-
-class _Progress:
-    """One rich progress bar per style when ``enabled`` (default: stdout is a terminal)."""
-
-    def __init__(self, enabled: bool | None, styles: Iterable[str], total: int):
-        import sys
-
-        self.enabled = sys.stdout.isatty() if enabled is None else enabled
-        self.styles, self.total = list(styles), total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda name, done: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._progress = Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn())
-        self._progress.__enter__()
-        tasks = {s: self._progress.add_task(s, total=self.total) for s in self.styles}
-        return lambda name, done: self._progress.update(tasks[name], completed=done)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._progress.__exit__(*exc)
