@@ -2,6 +2,7 @@
 
 - ``images``: image files: listing, checks (header, decompression bombs, truncation), decode, resize
 - ``sources``: CIFAR-10 (mirror folder or keras.datasets) and class-per-subfolder folders; screening
+- ``digests``: content hashes of files, remembered on disk (the data fingerprint)
 - ``splits``: stratified, seeded subsets and train/val/test splits
 - ``pipeline``: tf.data decode / resize / augment / batch (imports TensorFlow)
 - ``preprocessing``: each architecture's input normalisation

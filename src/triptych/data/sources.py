@@ -2,6 +2,7 @@
 
 A source is only a list of examples (file paths or in-memory arrays) with integer labels;
 decoding happens later, in the tf.data pipeline, so folder datasets stream from disk.
+:func:`fingerprint` names what a split holds by content (see ``triptych.data.digests``).
 
 Before a run trains on image files, :func:`screen_images` checks the files it will use
 (:func:`check_images`, with the file checks of ``triptych.data.images``): unreadable, empty,
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from triptych.data.digests import file_digests
 from triptych.data.images import (
     DECODABLE_FORMATS,
     IMAGE_EXTENSIONS,
@@ -200,15 +202,17 @@ def _file_examples(paths: list[str], labels: list[int]) -> Examples:
 
 
 def fingerprint(examples: Examples) -> str:
-    """A short hash of what a split contains: file names, sizes and labels (or array bytes)."""
+    """A short hash of what a split holds: its labels, and each file's name and content (the
+    sha256 of its bytes, remembered by path, size and mtime in ``triptych.data.digests``), or
+    the bytes of in-memory images. An image edited in place changes it, whatever its size."""
     digest = hashlib.sha256()
     digest.update(examples.labels.tobytes())
     if examples.images is not None:
         digest.update(np.ascontiguousarray(examples.images).tobytes())
     else:
-        for path in examples.ids:
+        for path, content in zip(examples.ids, file_digests(examples.ids)):
             digest.update(os.path.basename(path).encode())
-            digest.update(str(os.path.getsize(path)).encode())
+            digest.update(content.encode())
     return digest.hexdigest()[:16]
 
 

@@ -1,10 +1,13 @@
+import os
+import time
+
 import numpy as np
 import pytest
+from PIL import Image
 
-from triptych.data.sources import fingerprint, load_cifar10, load_folder
-from triptych.data.splits import make_splits
-from triptych.data.sources import Examples, list_image_folder
-from triptych.data.splits import stratified_subset
+from triptych.data import digests
+from triptych.data.sources import Examples, fingerprint, list_image_folder, load_cifar10, load_folder
+from triptych.data.splits import make_splits, stratified_subset
 from triptych.errors import TriptychError
 
 
@@ -84,14 +87,61 @@ def test_symlink_loop_does_not_hang(image_folder):
     assert len(paths) == 60
 
 
-def test_fingerprint_changes_with_content(image_folder):
+@pytest.fixture
+def digest_memo(tmp_path, monkeypatch):
+    """A fresh digest memo in a temporary cache folder."""
+    monkeypatch.setenv("TRIPTYCH_CACHE", str(tmp_path / "cache"))
+    digests.clear_memo()
+    yield tmp_path / "cache" / digests.MEMO_FILE
+    digests.clear_memo()
+
+
+def bmp_folder(root) -> Examples:
+    """Two classes of two 8x8 BMPs (uncompressed: new pixels keep the file size), last changed an hour ago."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / name / f"{i}.bmp")
+            os.utime(root / name / f"{i}.bmp", (time.time() - 3600,) * 2)
+    return load_folder(root).train
+
+
+def test_fingerprint_changes_with_content(image_folder, digest_memo):
     source = load_folder(image_folder)
     first = fingerprint(source.train)
     assert first == fingerprint(source.train)
     assert first != fingerprint(source.train.take(np.arange(10)))
+    arrays = Examples(labels=np.zeros(2, np.int64), ids=np.array(["m/train/0", "m/train/1"]),
+                      images=np.zeros((2, 4, 4, 3), np.uint8))
+    edited = Examples(arrays.labels, arrays.ids, arrays.images.copy())
+    edited.images[1, 2, 2, 0] = 1
+    assert fingerprint(arrays) != fingerprint(edited)
 
 
-def test_pipeline_batches_resizes_augments_and_keeps_order(image_folder):
+def test_fingerprint_follows_pixels_not_name_size_or_mtime(tmp_path, digest_memo):
+    train = bmp_folder(tmp_path / "bmp")
+    before = fingerprint(train)
+    path = tmp_path / "bmp" / "a" / "0.bmp"
+    size = path.stat().st_size
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(path)  # same name, same size, new pixels
+    assert path.stat().st_size == size
+    edited = fingerprint(train)
+    assert edited != before
+    os.utime(tmp_path / "bmp" / "b" / "1.bmp")  # a new mtime alone is not a new picture
+    assert fingerprint(train) == edited
+
+
+def test_fingerprint_rerun_takes_digests_from_the_memo(tmp_path, digest_memo, monkeypatch):
+    train = bmp_folder(tmp_path / "bmp")
+    first = fingerprint(train)
+    assert digest_memo.is_file()
+    digests.clear_memo()  # as if in a new process
+    monkeypatch.setattr(digests, "_sha256", lambda path: pytest.fail(f"hashed again: {path}"))
+    assert fingerprint(train) == first
+
+
+def test_pipeline_batches_resizes_keeps_order_and_shuffles_training(image_folder):
     import tensorflow as tf
 
     from triptych.data.pipeline import Augment, make_dataset
@@ -112,6 +162,30 @@ def test_pipeline_batches_resizes_augments_and_keeps_order(image_folder):
     shuffled = np.concatenate([np.argmax(y, 1) for _, y in train])
     assert sorted(shuffled.tolist()) == sorted(source.train.labels.tolist())
     assert shuffled.tolist() != source.train.labels.tolist()
+
+
+def test_training_augments_anew_each_epoch_and_evaluation_is_deterministic():
+    from triptych.data.pipeline import Augment, make_dataset
+
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    # one image per class, so an image is found again by its label after shuffling
+    examples = Examples(labels=np.arange(4), ids=np.array([f"m/train/{i}" for i in range(4)]), images=pixels)
+
+    def epoch(dataset) -> np.ndarray:
+        batches = list(dataset)
+        images = np.concatenate([x.numpy() for x, _ in batches])
+        labels = np.concatenate([np.argmax(y.numpy(), 1) for _, y in batches])
+        return images[np.argsort(labels)]
+
+    augment = Augment(crop_padding=4, flip=True)
+    train = make_dataset(examples, 4, 16, 4, lambda x: x, training=True, seed=0, augment=augment)
+    first, second = epoch(train), epoch(train)
+    assert first.shape == pixels.shape
+    assert any(not np.array_equal(a, b) for a, b in zip(first, second))  # new crops and flips each epoch
+    assert any(not np.array_equal(a, p) for a, p in zip(first, pixels))
+    evaluation = make_dataset(examples, 4, 16, 4, lambda x: x, training=False, seed=0, augment=augment)
+    np.testing.assert_array_equal(epoch(evaluation), pixels.astype(np.float32))
+    np.testing.assert_array_equal(epoch(evaluation), pixels.astype(np.float32))
 
 
 def test_preprocessors_are_keras_modes():
