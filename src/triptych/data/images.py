@@ -23,7 +23,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -163,6 +163,7 @@ def open_image(source: str | os.PathLike | IO[bytes], max_pixels: int = MAX_IMAG
 
 
 def header_of(image: Image.Image) -> ImageHeader:
+    """What the header of an opened Pillow image says."""
     width, height = image.size
     has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
     return ImageHeader(image.format, image.mode, width, height, has_alpha)
@@ -181,14 +182,10 @@ def read_header(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> 
     except OSError as err:
         raise ImageError(f"cannot read: {err.strerror or err}") from None
     if header.format in ("JPEG", "MPO"):
-        return _with_truncated(header, b"\xff\xd9" not in tail)
+        return replace(header, truncated=b"\xff\xd9" not in tail)
     if header.format == "PNG":
-        return _with_truncated(header, b"IEND" not in tail)
+        return replace(header, truncated=b"IEND" not in tail)
     return header
-
-
-def _with_truncated(header: ImageHeader, truncated: bool) -> ImageHeader:
-    return ImageHeader(header.format, header.mode, header.width, header.height, header.has_alpha, truncated)
 
 
 def _head(source: str | os.PathLike | IO[bytes]) -> bytes:

@@ -7,9 +7,8 @@ decoding happens later, in the tf.data pipeline, so folder datasets stream from 
 Before a run trains on image files, :func:`screen_images` checks the files it will use
 (:func:`check_images`, with the file checks of ``triptych.data.images``): unreadable, empty,
 non-image, truncated and undecodable files, and decompression bombs (judged from the header
-alone, never decoded). A run stops before
-training with one line naming the first bad file, or, with ``data.skip_bad``, leaves the bad
-files out and lists them in the manifest.
+alone, never decoded). A run stops before training with one line naming the first bad file,
+or, with ``data.skip_bad``, leaves the bad files out and lists them in the manifest.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from triptych.data.audit import (
     inspect_file,
     read_split_csv,
 )
-from triptych.errors import InvalidArgumentError, MissingFileError, TriptychError
+from triptych.errors import InvalidArgumentError, MissingFileError
 
 SRC = Path(__file__).resolve().parents[2]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -60,3 +62,16 @@ def test_resize_is_the_same_in_a_tf_data_map_and_eagerly():
     np.testing.assert_allclose(eager, tf.image.resize(picture.astype(np.float32), [12, 16], antialias=True).numpy())
     # At the target size the image is passed through, not blurred by a resize.
     np.testing.assert_array_equal(resize(picture, 20, 30).numpy(), picture.astype(np.float32))
+
+
+def test_audit_and_data_commands_do_not_import_tensorflow():
+    # A fresh interpreter: this test process may already hold TensorFlow from other tests.
+    code = (
+        "import sys, triptych.data.images, triptych.data.audit, triptych.data.wikiart, triptych.data.sources, "
+        "triptych.data.digests, triptych.cli.audit, triptych.cli.data; "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow imported'"
+    )
+    src = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": src}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr

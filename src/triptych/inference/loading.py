@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from triptych.data import images
-from triptych.data.images import IMAGE_EXTENSIONS, ImageError
+from triptych.data.images import IMAGE_EXTENSIONS, ImageError, list_images, resize
+from triptych.data.images import read_image as read_image_file
 from triptych.errors import InvalidArgumentError, MissingFileError, TriptychError
+from triptych.models.registry import MODELS
 
 NO_PREPROCESSING = "none"  # images go in as float32 0..255 (a model that normalises itself)
 MODEL_FILE = "model.keras"
@@ -204,8 +205,7 @@ def _input_size(model, manifest: dict[str, Any], path: Path) -> tuple[int, int]:
 
 
 def _resolve_preprocessing(explicit: str | None, model_name: str | None, model, path: Path) -> str:
-    from triptych.data.preprocessing import PREPROCESSORS
-    from triptych.models.registry import MODELS
+    from triptych.data.preprocessing import PREPROCESSORS  # imports Keras
 
     valid = sorted([*PREPROCESSORS, NO_PREPROCESSING])
     if explicit:
@@ -251,7 +251,7 @@ def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
-            found = images.list_images(path)
+            found = list_images(path)
             if not found:
                 raise InvalidArgumentError(
                     f"{path}: no images in this folder ({', '.join(IMAGE_EXTENSIONS)}, searched recursively)"
@@ -271,13 +271,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not Path(path).is_file() and _IN_MEMORY_ID.match(str(path).replace(os.sep, "/")):
         # keras.datasets keeps these as pickles: inference never unpickles anything.
         raise ImageError("an in-memory dataset image (keras.datasets), not a file")
-    return images.read_image(path)
+    return read_image_file(path)
 
 
-def preprocess_images(pictures: Sequence[np.ndarray], size: tuple[int, int], preprocessing: str) -> np.ndarray:
+def preprocess_images(images: Sequence[np.ndarray], size: tuple[int, int], preprocessing: str) -> np.ndarray:
     """Resize (exactly as the training pipeline does) and normalise a list of uint8 images."""
     height, width = size
-    batch = np.stack([images.resize(picture, height, width).numpy() for picture in pictures]).astype(np.float32)
+    batch = np.stack([resize(image, height, width).numpy() for image in images]).astype(np.float32)
     if preprocessing == NO_PREPROCESSING:
         return batch
     from triptych.data.preprocessing import get_preprocessor
