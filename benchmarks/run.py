@@ -266,9 +266,8 @@ def bf16_inference(quick: bool, rounds: int) -> dict:
 
         train, num_classes = wikiart_examples(train_per_class, 0)
         test, _ = wikiart_examples(test_per_class, train_per_class)
-        features = {name: np.concatenate([np.asarray(e.predict_on_batch(x), np.float32) for x, _ in dataset(test, num_classes)])
-                    for name, e in extract.items()}
-        train_x = np.concatenate([np.asarray(extract["fp32"].predict_on_batch(x), np.float32) for x, _ in dataset(train, num_classes)])
+        test_x = {name: _features(e, dataset(test, num_classes)) for name, e in extract.items()}
+        train_x = _features(extract["fp32"], dataset(train, num_classes))
         timed_batch = next(iter(dataset(test, num_classes)))[0]
         comparison = timing.alternate({n: functools.partial(e.predict_on_batch, timed_batch) for n, e in extract.items()}, rounds)
         report = comparison.report("fp32", "bf16")
@@ -280,7 +279,7 @@ def bf16_inference(quick: bool, rounds: int) -> dict:
             "bf16_img_per_s": round(batch / comparison.median("bf16"), 2),
             "speedup": report["ratio_wall"],
             "speedup_cpu_time": report["ratio_cpu"],
-            **_head_accuracy(train_x, train.labels, features, test.labels),
+            **_head_accuracy(train_x, train.labels, test_x, test.labels),
             "timing": report,
         }
         result[arch] = entry
@@ -297,6 +296,10 @@ def bf16_inference(quick: bool, rounds: int) -> dict:
     sizes = ", ".join(f"{arch} {e['image_size']}px" for arch, e in result.items())
     result["resolution"] = f"{rounds} rounds of one batch of {batch}: {sizes}; accuracy on {test_per_class} paintings per class"
     return result
+
+
+def _features(extractor: keras.Model, dataset) -> np.ndarray:
+    return np.concatenate([np.asarray(extractor.predict_on_batch(x), np.float32) for x, _ in dataset])
 
 
 def _head_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: dict[str, np.ndarray], test_y: np.ndarray) -> dict:
