@@ -46,7 +46,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # resnet_throughput, finetune_cache
+sys.path.insert(0, str(HERE))  # timing, resnet_throughput, finetune_cache
 if not any(Path(p, "triptych").is_dir() for p in sys.path if p):
     sys.path.insert(0, str(HERE.parent / "src"))
 
