@@ -1,22 +1,29 @@
 """All performance benchmarks side by side in one process; the last line printed is one JSON object.
 
-    python benchmarks/run.py [--quick] [--profile] [--only NAME ...]
+    python benchmarks/run.py [--quick] [--rounds N] [--profile] [--only NAME ...]
 
-Ratios (measured side by side, in alternating rounds, so machine noise hits both sides alike):
+Every ratio is the ratio of the medians of N alternating rounds (A B, B A, ...; timing.alternate)
+of the two sides, after one identical warm-up call of each, so machine noise hits both alike.
+Beside each: the same ratio in process CPU time, the per-round spread and the load average.
+A headline needs N >= 5 (the default: 5 with --quick, 7 without); fewer is flagged as a smoke test.
 
 - ``resnet50_train_vs_keras_applications``: our ResNet-50 training images/s / keras.applications'
   (goal >= 1.0), at 224x224 (also reported at 32x32);
-- ``finetune_cached_vs_uncached_epoch``: phase-1 epoch time with the feature cache / without (<= 0.05);
+- ``finetune_cached_vs_uncached_incl_cache_build``: phase 1 of the demo's Xception recipe, (cache
+  build + its N head epochs on the cache) / N uncached epochs. Secondary, never the headline:
+  ``finetune_cached_vs_uncached_epoch``, per head epoch, which leaves the cache build out (named beside it);
 - ``bf16_vs_fp32_inference``: Xception and DenseNet-121 inference speed-up under ``mixed_bfloat16``
   (>= 1.5), with the accuracy change of a head trained on fp32 features of real WikiArt paintings
   (real ImageNet Xception weights when present) and evaluated on fp32 vs bf16 features (<= 0.5 pt);
 - ``train_fraction_of_matmul_peak``: ResNet-50 training FLOP/s (3 x forward MACs x 2 x img/s) / a large
-  fp32 ``tf.matmul``'s FLOP/s, each round against the peak measured just before it (>= 0.55);
+  fp32 ``tf.matmul``'s FLOP/s (best of 3), measured just before and just after the rounds (>= 0.55);
 - ``input_pipeline_vs_model``: tf.data images/s on real JPEGs / ResNet-50 training images/s (>= 5);
 - ``multiworker_2_matches_single``: 2 localhost workers (MultiWorkerMirroredStrategy) end with identical
   weights, match one process with the same global batch, and resume from BackupAndRestore.
 
-Absolute numbers, the machine (CPU, cores, TF/Keras versions, load) and every detail go to
+The JSON line's ``resolution`` says what the figures rest on: rounds, sizes and batches per section,
+the CPU's flags (avx512_bf16, amx_*), ONEDNN_MAX_CPU_ISA and the load average. Absolute numbers,
+the machine (CPU, cores, TF/Keras versions) and every sample go to
 ``benchmarks/results/<timestamp>.json``. ``--profile`` adds a per-op-type time breakdown of one
 training step of both ResNet-50s (tf.profiler).
 """
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
+import functools
 import glob
 import json
 import os
@@ -38,18 +46,20 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # resnet_throughput, finetune_cache
+sys.path.insert(0, str(HERE))  # timing, resnet_throughput, finetune_cache
 if not any(Path(p, "triptych").is_dir() for p in sys.path if p):
     sys.path.insert(0, str(HERE.parent / "src"))
 
 import keras
 import numpy as np
 import tensorflow as tf
+import timing
 
 SHARED = Path(os.environ.get("TRIPTYCH_SHARED", HERE.parent.parent / "shared"))
 WIKIART = Path(os.environ.get("TRIPTYCH_MIRROR", SHARED / "datasets")) / "wikiart"
 XCEPTION_WEIGHTS = Path(os.environ.get("TRIPTYCH_WEIGHTS", SHARED / "weights")) / "xception_imagenet_notop.weights.h5"
 SECTIONS = ("multiworker", "resnet", "finetune", "bf16", "pipeline")
+MIN_HEADLINE_ROUNDS = 5  # fewer alternating rounds: a smoke test, not a headline
 
 
 def log(message: str) -> None:
@@ -60,20 +70,10 @@ def log(message: str) -> None:
 
 
 def machine() -> dict:
-    cpu, flags = platform.processor(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        **timing.cpu_resolution(),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_flags": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16") if f in flags],
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
@@ -84,7 +84,7 @@ def machine() -> dict:
             "intra_op": tf.config.threading.get_intra_op_parallelism_threads() or "auto",
             "inter_op": tf.config.threading.get_inter_op_parallelism_threads() or "auto",
         },
-        "load_average_start": [round(v, 2) for v in os.getloadavg()],
+        "load_average_start": timing.load_average(),
     }
 
 
@@ -115,66 +115,39 @@ def _matmul_fn():
 # --------------------------------------------------------------------------- ResNet-50 training
 
 
-def resnet_training(quick: bool, peak_n: int) -> dict:
-    """Ours vs keras.applications in alternating rounds (ABBA order); a fresh matmul-peak sample
-    just before each of our measurements. Wall-clock and process-CPU-time throughput both: the
-    CPU-time ratio is less disturbed by other processes on a shared machine."""
+def resnet_training(quick: bool, peak_n: int, rounds: int) -> dict:
+    """Ours vs keras.applications in alternating rounds after one identical warm-up each
+    (resnet_throughput.compare). The fp32 matmul peak is measured just before and just after the
+    rounds, never between them, so it burdens neither side."""
     import resnet_throughput as rt
 
     from triptych.models.profile import count_macs
 
     result = {}
-    plans = [(224, 16, 1, 4), (32, 64, 3, 4)] if quick else [(224, 32, 2, 6), (32, 128, 4, 6)]
-    for size, batch, steps, rounds in plans:
+    for size, batch, steps in [(224, 16, 1), (32, 64, 3)] if quick else [(224, 32, 2), (32, 128, 4)]:
         models = rt.make_models(size)
-        for model in models.values():
-            model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "categorical_crossentropy")
-            rt.images_per_second(model, size, batch, 1)  # trace and warm up
         macs = {name: count_macs(model) for name, model in models.items()}
-        wall = {name: [] for name in models}
-        cpu = {name: [] for name in models}
-        fractions, peaks = [], []
-        names = list(models)
-        for round_index in range(rounds):
-            for name in names if round_index % 2 == 0 else names[::-1]:
-                if name == "triptych":
-                    peaks.append(matmul_gflops(peak_n) * 1e9)
-                cpu_started = time.process_time()
-                ips = rt.images_per_second(models[name], size, batch, steps)
-                cpu[name].append(batch * steps / (time.process_time() - cpu_started))
-                wall[name].append(ips)
-                if name == "triptych":
-                    fractions.append(3 * macs[name] * 2 * ips / peaks[-1])
-        ours, theirs = (float(np.median(wall[n])) for n in ("triptych", "keras.applications"))
-        ours_cpu, theirs_cpu = (float(np.median(cpu[n])) for n in ("triptych", "keras.applications"))
-        entry = {
-            "batch": batch,
-            "steps": steps,
-            "rounds": rounds,
-            "triptych_img_per_s": round(ours, 3),
-            "keras_applications_img_per_s": round(theirs, 3),
-            "ratio": round(ours / theirs, 4),
-            "ratio_cpu_time": round(ours_cpu / theirs_cpu, 4),
-            "triptych_gmacs": round(macs["triptych"] / 1e9, 3),
-            "keras_applications_gmacs": round(macs["keras.applications"] / 1e9, 3),
+        peaks = [matmul_gflops(peak_n)]
+        entry = rt.throughput_entry(rt.compare(models, size, batch, steps, rounds), size, batch, steps)
+        peaks.append(matmul_gflops(peak_n))
+        ours, theirs = entry["triptych_img_per_s"], entry["keras_applications_img_per_s"]
+        train_gflops = 6 * macs[rt.OURS] * ours / 1e9  # forward + backward = 3 x forward MACs, 2 FLOPs each
+        entry.update({
+            "triptych_gmacs": round(macs[rt.OURS] / 1e9, 3),
+            "keras_applications_gmacs": round(macs[rt.THEIRS] / 1e9, 3),
             # per FLOP: ours is v1.5 (stride on the 3x3 conv: ~6% more MACs than keras.applications' v1)
-            "flops_ratio": round(ours * macs["triptych"] / (theirs * macs["keras.applications"]), 4),
-            "samples_img_per_s": {name: [round(v, 3) for v in values] for name, values in wall.items()},
-            "samples_img_per_cpu_s": {name: [round(v, 3) for v in values] for name, values in cpu.items()},
-            "matmul_peak_gflops": [round(p / 1e9, 1) for p in peaks],
-            "train_gflops": round(6 * macs["triptych"] * ours / 1e9, 1),
-            "fraction_of_peak": round(float(np.median(fractions)), 4),
-            "fraction_of_peak_samples": [round(f, 4) for f in fractions],
-        }
+            "flops_ratio": round(ours * macs[rt.OURS] / (theirs * macs[rt.THEIRS]), 4),
+            "matmul_peak_gflops_before_after": [round(p, 1) for p in peaks],
+            "train_gflops": round(train_gflops, 1),
+            "fraction_of_peak": round(train_gflops / float(np.median(peaks)), 4),
+        })
         result[f"{size}x{size}"] = entry
-        log(
-            f"ResNet-50 training {size}x{size} batch {batch}: ours {ours:.2f} img/s, keras.applications {theirs:.2f} "
-            f"img/s, ratio {entry['ratio']:.3f} (CPU time {entry['ratio_cpu_time']:.3f}, per FLOP "
-            f"{entry['flops_ratio']:.3f}); {entry['train_gflops']} GFLOP/s = {entry['fraction_of_peak']:.2f} of the "
-            f"fp32 matmul peak ({np.median(entry['matmul_peak_gflops']):.0f} GFLOP/s)"
-        )
+        log(f"{rt.describe(entry)}; per FLOP {entry['flops_ratio']:.3f}; {entry['train_gflops']} GFLOP/s = "
+            f"{entry['fraction_of_peak']:.2f} of the fp32 matmul peak ({np.median(peaks):.0f} GFLOP/s, before/after)")
         del models
         keras.backend.clear_session()
+    plans = "; ".join(f"{e['image_size']}px batch {e['batch']} x {e['steps']} step(s)" for e in result.values())
+    result["resolution"] = f"{rounds} rounds each: {plans}"
     return result
 
 
@@ -185,12 +158,12 @@ def profile_training(size: int = 224, batch: int = 16, steps: int = 2) -> dict:
 
     containers = ("Process", "Run", "RunAsync", "multi_step_on_iterator", "one_step_on_data", "FunctionRun")
     result = {}
+    data = rt.synthetic_batches(size, batch)
     for name, model in rt.make_models(size).items():
-        model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "categorical_crossentropy")
-        rt.images_per_second(model, size, batch, 1)
+        rt.train_steps(model, data, 1)  # trace and warm up
         with tempfile.TemporaryDirectory() as logdir:
             tf.profiler.experimental.start(logdir)
-            rt.images_per_second(model, size, batch, steps)
+            rt.train_steps(model, data, steps)
             tf.profiler.experimental.stop()
             space = xplane_pb2.XSpace()
             space.ParseFromString(Path(max(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))).read_bytes())
@@ -238,15 +211,13 @@ def _op_group(op: str) -> str:
 # --------------------------------------------------------------------------- fine-tuning cache
 
 
-def finetune(quick: bool) -> dict:
+def finetune(quick: bool, rounds: int) -> dict:
     import finetune_cache
 
-    result = finetune_cache.measure(128 if quick else 256, 128, 32)
-    log(
-        f"phase-1 epoch (Xception {result['image_size']}px, {result['images']} images): uncached "
-        f"{result['uncached_epoch_s']:.2f}s, cached {result['cached_epoch_s']:.4f}s, ratio "
-        f"{result['finetune_cached_vs_uncached_epoch']:.4f}"
-    )
+    result = finetune_cache.measure(128 if quick else 256, rounds, finetune_cache.recipe())
+    result["resolution"] = (f"{rounds} rounds; Xception {result['image_size']}px batch {result['batch']}, "
+                            f"{result['images']} images, {result['recipe']['epochs']} epochs")
+    log(finetune_cache.describe(result))
     return result
 
 
@@ -267,14 +238,10 @@ def wikiart_examples(per_class: int, offset: int, seed: int = 0):
     return source.train.take(np.sort(np.asarray(chosen))), len(source.class_names)
 
 
-def bf16_inference(quick: bool) -> dict:
-    """Per architecture: fp32 and bf16 twins (same weights) run on the same batches of real
-    paintings, batch by batch in turn. A logistic-regression head trained on fp32 features of
-    other paintings is scored on the fp32 and the bf16 features of the test paintings."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
+def bf16_inference(quick: bool, rounds: int) -> dict:
+    """Per architecture: fp32 and bf16 twins (same weights). Speed: the same batch of real paintings
+    through each, in alternating rounds. Accuracy: a logistic-regression head trained on fp32
+    features of other paintings, scored on the fp32 and the bf16 features of the test paintings."""
     from triptych.data.pipeline import make_dataset
     from triptych.data.preprocessing import get_preprocessor
     from triptych.models import build, get_spec
@@ -299,83 +266,115 @@ def bf16_inference(quick: bool) -> dict:
 
         train, num_classes = wikiart_examples(train_per_class, 0)
         test, _ = wikiart_examples(test_per_class, train_per_class)
-        train_x = np.concatenate([np.asarray(extract["fp32"].predict_on_batch(x), np.float32) for x, _ in dataset(train, num_classes)])
-        features = {"fp32": [], "bf16": []}
-        seconds = {"fp32": [], "bf16": []}
-        for name in features:  # trace both first
-            extract[name].predict_on_batch(next(iter(dataset(test, num_classes)))[0])
-        for images, _ in dataset(test, num_classes):
-            if len(images) != batch:
-                continue  # a short last batch would skew the per-batch timing
-            for name in ("fp32", "bf16"):
-                started = time.perf_counter()
-                out = extract[name].predict_on_batch(images)
-                seconds[name].append(time.perf_counter() - started)
-                features[name].append(np.asarray(out, np.float32))
-        test_x = {name: np.concatenate(values) for name, values in features.items()}
-        test_y = test.labels[: len(test_x["fp32"])]
-        head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.5))
-        head.fit(train_x, train.labels)
-        predicted = {name: head.predict(x) for name, x in test_x.items()}
-        probabilities = {name: head.predict_proba(x) for name, x in test_x.items()}
-        accuracy = {name: float(np.mean(p == test_y)) for name, p in predicted.items()}
-        relative = np.linalg.norm(test_x["bf16"] - test_x["fp32"]) / np.linalg.norm(test_x["fp32"])
+        test_x = {name: _features(e, dataset(test, num_classes)) for name, e in extract.items()}
+        train_x = _features(extract["fp32"], dataset(train, num_classes))
+        timed_batch = next(iter(dataset(test, num_classes)))[0]
+        comparison = timing.alternate({n: functools.partial(e.predict_on_batch, timed_batch) for n, e in extract.items()}, rounds)
+        report = comparison.report("fp32", "bf16")
         entry = {
             "image_size": size,
             "weights": "imagenet (local file)" if weights else "random (no offline ImageNet weights)",
             "batch": batch,
-            "batches_timed": len(seconds["fp32"]),
-            "fp32_img_per_s": round(batch / float(np.median(seconds["fp32"])), 2),
-            "bf16_img_per_s": round(batch / float(np.median(seconds["bf16"])), 2),
-            "speedup": round(float(np.median(seconds["fp32"]) / np.median(seconds["bf16"])), 3),
-            "train_images": len(train_x),
-            "test_images": len(test_y),
-            "head_accuracy_fp32": round(accuracy["fp32"], 4),
-            "head_accuracy_bf16": round(accuracy["bf16"], 4),
-            "accuracy_change_points": round(100 * (accuracy["bf16"] - accuracy["fp32"]), 2),
-            "accuracy_resolution_points": round(100 / len(test_y), 2),  # one changed prediction
-            "top1_agreement": round(float(np.mean(predicted["bf16"] == predicted["fp32"])), 4),
-            "max_probability_diff": round(float(np.max(np.abs(probabilities["bf16"] - probabilities["fp32"]))), 4),
-            "feature_relative_error": round(float(relative), 5),
+            "fp32_img_per_s": round(batch / comparison.median("fp32"), 2),
+            "bf16_img_per_s": round(batch / comparison.median("bf16"), 2),
+            "speedup": report["ratio_wall"],
+            "speedup_cpu_time": report["ratio_cpu"],
+            **_head_accuracy(train_x, train.labels, test_x, test.labels),
+            "timing": report,
         }
         result[arch] = entry
         log(
-            f"{arch} inference {size}px: fp32 {entry['fp32_img_per_s']} img/s, bf16 {entry['bf16_img_per_s']} img/s, "
-            f"speed-up {entry['speedup']:.2f}x; head accuracy fp32 {accuracy['fp32']:.3f} vs bf16 {accuracy['bf16']:.3f} "
-            f"({entry['accuracy_change_points']:+.2f} pt, agreement {entry['top1_agreement']:.3f}, weights {entry['weights']})"
+            f"{arch} inference {size}px batch {batch}: fp32 {entry['fp32_img_per_s']} img/s, bf16 {entry['bf16_img_per_s']} "
+            f"img/s, speed-up {entry['speedup']:.2f}x (median of {report['rounds']} alternating rounds, per round "
+            f"{report['ratio_wall_round_min']:.2f}-{report['ratio_wall_round_max']:.2f}; CPU time {entry['speedup_cpu_time']:.2f}x; "
+            f"load {report['load_average_before'][0]} -> {report['load_average_after'][0]}); head accuracy fp32 "
+            f"{entry['head_accuracy_fp32']:.3f} vs bf16 {entry['head_accuracy_bf16']:.3f} ({entry['accuracy_change_points']:+.2f} pt, "
+            f"agreement {entry['top1_agreement']:.3f}, weights {entry['weights']})"
         )
         del fp32, bf16, extract
         keras.backend.clear_session()
+    sizes = ", ".join(f"{arch} {e['image_size']}px" for arch, e in result.items())
+    result["resolution"] = f"{rounds} rounds of one batch of {batch}: {sizes}; accuracy on {test_per_class} paintings per class"
     return result
+
+
+def _features(extractor: keras.Model, dataset) -> np.ndarray:
+    return np.concatenate([np.asarray(extractor.predict_on_batch(x), np.float32) for x, _ in dataset])
+
+
+def _head_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: dict[str, np.ndarray], test_y: np.ndarray) -> dict:
+    """A head fitted on fp32 features, scored on the fp32 and on the bf16 features of the same paintings."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.5))
+    head.fit(train_x, train_y)
+    predicted = {name: head.predict(x) for name, x in test_x.items()}
+    probabilities = {name: head.predict_proba(x) for name, x in test_x.items()}
+    accuracy = {name: float(np.mean(p == test_y)) for name, p in predicted.items()}
+    relative = np.linalg.norm(test_x["bf16"] - test_x["fp32"]) / np.linalg.norm(test_x["fp32"])
+    return {
+        "train_images": len(train_x),
+        "test_images": len(test_y),
+        "head_accuracy_fp32": round(accuracy["fp32"], 4),
+        "head_accuracy_bf16": round(accuracy["bf16"], 4),
+        "accuracy_change_points": round(100 * (accuracy["bf16"] - accuracy["fp32"]), 2),
+        "accuracy_resolution_points": round(100 / len(test_y), 2),  # one changed prediction
+        "top1_agreement": round(float(np.mean(predicted["bf16"] == predicted["fp32"])), 4),
+        "max_probability_diff": round(float(np.max(np.abs(probabilities["bf16"] - probabilities["fp32"]))), 4),
+        "feature_relative_error": round(float(relative), 5),
+    }
 
 
 # --------------------------------------------------------------------------- input pipeline
 
 
-def input_pipeline(quick: bool) -> dict:
-    """tf.data on real JPEGs: decode, resize, augment, normalise, batch (no cache), as training runs it."""
+def input_pipeline(quick: bool, rounds: int) -> dict:
+    """tf.data on real JPEGs (decode, resize, augment, normalise, batch; no cache, as training runs
+    it) vs our ResNet-50 training on synthetic batches, in alternating rounds: images/s of each."""
+    import resnet_throughput as rt
+
     from triptych.data.pipeline import Augment, make_dataset
     from triptych.data.preprocessing import get_preprocessor
     from triptych.training.trainer import without_autotune_wait
 
     examples, num_classes = wikiart_examples(200 if quick else 600, 0)
     size, batch = 224, 32
+    model_batch, model_steps = (16, 1) if quick else (32, 2)  # as resnet_training's 224px plan
+    counts = []
 
-    def one_pass() -> float:
+    def one_pass() -> None:
         ds = make_dataset(
             examples, num_classes, size, batch, get_preprocessor("torch"), training=True, seed=0,
             augment=Augment(crop_padding=16, flip=True), cache=False,
         )
-        ds = without_autotune_wait(ds)  # as the trainer runs it
-        started = time.perf_counter()
-        count = sum(int(x.shape[0]) for x, _ in ds)
-        return count / (time.perf_counter() - started)
+        counts.append(sum(int(x.shape[0]) for x, _ in without_autotune_wait(ds)))  # as the trainer runs it
 
-    one_pass()  # warm the page cache and trace
-    samples = [one_pass() for _ in range(2 if quick else 3)]
-    result = {"images": len(examples), "image_size": size, "batch": batch, "img_per_s": round(float(np.median(samples)), 1),
-              "source": str(WIKIART)}
-    log(f"input pipeline (WikiArt JPEGs -> {size}px batches): {result['img_per_s']} img/s")
+    model = rt.make_models(size)[rt.OURS]
+    data = rt.synthetic_batches(size, model_batch)
+    # The warm-up call of each also warms the page cache and traces.
+    comparison = timing.alternate({"pipeline": one_pass, "model": lambda: rt.train_steps(model, data, model_steps)}, rounds)
+    report = comparison.report("model", "pipeline")
+    per_pass = counts[-1] / (model_batch * model_steps)
+    result = {
+        "images": len(examples), "image_size": size, "batch": batch, "source": str(WIKIART),
+        "img_per_s": round(counts[-1] / comparison.median("pipeline"), 1),
+        "model_img_per_s": round(model_batch * model_steps / comparison.median("model"), 3),
+        "pipeline_vs_model": round(report["ratio_wall"] * per_pass, 2),
+        "pipeline_vs_model_cpu_time": round(report["ratio_cpu"] * per_pass, 2),
+        "pipeline_vs_model_round_min": round(report["ratio_wall_round_min"] * per_pass, 2),
+        "pipeline_vs_model_round_max": round(report["ratio_wall_round_max"] * per_pass, 2),
+        "timing": report,
+        "resolution": f"{rounds} rounds: one pass over {counts[-1]} JPEGs -> {size}px batch {batch} vs "
+                      f"{model_steps} ResNet-50 training step(s) of batch {model_batch}",
+    }
+    log(f"input pipeline (WikiArt JPEGs -> {size}px batches): {result['img_per_s']} img/s = {result['pipeline_vs_model']}x "
+        f"our ResNet-50 training ({result['model_img_per_s']} img/s; median of {rounds} alternating rounds, per round "
+        f"{result['pipeline_vs_model_round_min']}-{result['pipeline_vs_model_round_max']}; CPU time "
+        f"{result['pipeline_vs_model_cpu_time']}x)")
+    del model
+    keras.backend.clear_session()
     return result
 
 
@@ -398,7 +397,7 @@ def multiworker() -> dict:
 # --------------------------------------------------------------------------- main
 
 
-def summarize(details: dict) -> dict:
+def summarize(details: dict, rounds: int) -> dict:
     def get(*keys, default=None):
         value = details
         for key in keys:
@@ -411,32 +410,50 @@ def summarize(details: dict) -> dict:
     summary["resnet50_train_vs_keras_applications"] = get("resnet", "224x224", "ratio")
     summary["resnet50_train_vs_keras_applications_cpu_time"] = get("resnet", "224x224", "ratio_cpu_time")
     summary["resnet50_train_vs_keras_applications_32px"] = get("resnet", "32x32", "ratio")
+    summary["finetune_cached_vs_uncached_incl_cache_build"] = get("finetune", "cached_vs_uncached_incl_cache_build")
+    summary["finetune_cached_vs_uncached_incl_cache_build_cpu_time"] = get("finetune", "cached_vs_uncached_incl_cache_build_cpu_time")
+    # Secondary, never the headline: per head epoch, the cache build left out (named beside it).
     summary["finetune_cached_vs_uncached_epoch"] = get("finetune", "finetune_cached_vs_uncached_epoch")
-    speedups = [get("bf16", arch, "speedup") for arch in ("xception", "densenet121")]
-    summary["bf16_vs_fp32_inference"] = min(speedups) if all(s is not None for s in speedups) else None
-    summary["bf16_vs_fp32_inference_xception"] = speedups[0]
-    summary["bf16_vs_fp32_inference_densenet121"] = speedups[1]
+    summary["finetune_cached_vs_uncached_epoch_leaves_out"] = get("finetune", "per_epoch_ratio_leaves_out")
+    archs = ("xception", "densenet121")
+    for suffix, key in (("", "speedup"), ("_cpu_time", "speedup_cpu_time")):
+        speedups = [get("bf16", arch, key) for arch in archs]
+        summary[f"bf16_vs_fp32_inference{suffix}"] = min(speedups) if all(s is not None for s in speedups) else None
+    summary["bf16_vs_fp32_inference_xception"] = get("bf16", "xception", "speedup")
+    summary["bf16_vs_fp32_inference_densenet121"] = get("bf16", "densenet121", "speedup")
     summary["bf16_accuracy_change_points_xception"] = get("bf16", "xception", "accuracy_change_points")
     summary["bf16_accuracy_change_points_densenet121"] = get("bf16", "densenet121", "accuracy_change_points")
     summary["bf16_top1_agreement_xception"] = get("bf16", "xception", "top1_agreement")
     summary["train_fraction_of_matmul_peak"] = get("resnet", "224x224", "fraction_of_peak")
-    ours = get("resnet", "224x224", "triptych_img_per_s")
-    pipeline = get("pipeline", "img_per_s")
-    summary["input_pipeline_vs_model"] = round(pipeline / ours, 2) if ours and pipeline else None
+    summary["input_pipeline_vs_model"] = get("pipeline", "pipeline_vs_model")
+    summary["input_pipeline_vs_model_cpu_time"] = get("pipeline", "pipeline_vs_model_cpu_time")
     summary["multiworker_2_matches_single"] = get("multiworker", "matches")
-    summary["resnet50_train_img_per_s_224"] = ours
+    summary["resnet50_train_img_per_s_224"] = get("resnet", "224x224", "triptych_img_per_s")
     summary["matmul_peak_gflops_fp32"] = get("peak", "float32_gflops")
+    summary["resolution"] = {
+        "quick": details["quick"],
+        "rounds": rounds,
+        "headline_grade": rounds >= MIN_HEADLINE_ROUNDS,
+        **{key: details["machine"][key] for key in ("cpu", "cpu_flags", "onednn_max_cpu_isa", "load_average_start",
+                                                    "load_average_end")},
+        **{name: get(name, "resolution") for name in SECTIONS if get(name, "resolution")},
+    }
     return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes, few steps (under ~10 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, one step per sample (about 10 minutes on 2 cores)")
     parser.add_argument("--profile", action="store_true", help="add a tf.profiler per-op breakdown of ResNet-50 training")
+    parser.add_argument("--rounds", type=int, help=f"alternating rounds per ratio (default 5 with --quick, else 7; "
+                        f"under {MIN_HEADLINE_ROUNDS}: a smoke test, flagged in the results)")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--out", default=str(HERE / "results"), help="folder for <timestamp>.json")
     args = parser.parse_args()
     sections = args.only or SECTIONS
+    rounds = args.rounds or (5 if args.quick else 7)
+    if rounds < MIN_HEADLINE_ROUNDS:
+        log(f"{rounds} rounds: a smoke test, not headline figures (headline_grade false in the results)")
     started = time.perf_counter()
     details: dict = {"quick": args.quick, "machine": machine()}
     peak_n = 3072 if args.quick else 4096
@@ -444,14 +461,15 @@ def main() -> None:
                        "bfloat16_gflops": round(matmul_gflops(peak_n, "bfloat16"), 1)}
     log(f"machine: {details['machine']['cpu']}, {details['machine']['cores']} cores, TF {tf.__version__}, "
         f"Keras {keras.__version__}; matmul peak fp32 {details['peak']['float32_gflops']} GFLOP/s, "
-        f"bf16 {details['peak']['bfloat16_gflops']} GFLOP/s")
+        f"bf16 {details['peak']['bfloat16_gflops']} GFLOP/s; flags {details['machine']['cpu_flags']}, "
+        f"ONEDNN_MAX_CPU_ISA {details['machine']['onednn_max_cpu_isa']}, load {details['machine']['load_average_start']}")
     # Multi-worker first: its worker processes then have the cores to themselves.
     runners = {
         "multiworker": multiworker,
-        "resnet": lambda: resnet_training(args.quick, peak_n),
-        "finetune": lambda: finetune(args.quick),
-        "bf16": lambda: bf16_inference(args.quick),
-        "pipeline": lambda: input_pipeline(args.quick),
+        "resnet": lambda: resnet_training(args.quick, peak_n, rounds),
+        "finetune": lambda: finetune(args.quick, rounds),
+        "bf16": lambda: bf16_inference(args.quick, rounds),
+        "pipeline": lambda: input_pipeline(args.quick, rounds),
     }
     errors = {}
     for name in sections:
@@ -463,9 +481,9 @@ def main() -> None:
     if args.profile:
         details["profile"] = profile_training()
     details["errors"] = errors
-    details["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    details["machine"]["load_average_end"] = timing.load_average()
     details["seconds"] = round(time.perf_counter() - started, 1)
-    summary = summarize(details)
+    summary = summarize(details, rounds)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
