@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from triptych.cli import add_command_parser
-from triptych.errors import TriptychError
+from triptych.errors import InvalidArgumentError
 
 DESCRIPTION = """\
 Draw the key idea of an architecture from its built Keras model (random weights, nothing is
@@ -62,6 +62,6 @@ def _parse_options(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise TriptychError(f"--option {item!r}: expected KEY=VALUE, e.g. stem=cifar")
+            raise InvalidArgumentError(f"--option {item!r}: expected KEY=VALUE, e.g. stem=cifar")
         options[key.strip()] = yaml.safe_load(value) if value.strip() else None
     return options

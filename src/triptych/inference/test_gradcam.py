@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from triptych.errors import TriptychError
+from triptych.errors import InvalidArgumentError, MissingFileError, TriptychError
 from triptych.inference import (
     build_gradcam_model,
     explain,
@@ -120,8 +120,12 @@ def test_explain_writes_overlays(tiny_run, tiny_images, tmp_path):
     for item in explained:
         assert item["label"] == "red" and item["explained"] == "blue" and item["layer"] == "relu2"
         assert (tmp_path / "maps" / f"{item['path'].rsplit('/', 1)[-1][:-4]}_gradcam.png").is_file()
-    with pytest.raises(TriptychError, match="unknown class 'purple'"):
+    with pytest.raises(InvalidArgumentError, match=r"class_name must be one of the model's classes \(blue, green, red\), got 'purple'"):
         explain(tiny_run, [tiny_images / "red"], tmp_path / "maps", class_name="purple")
+    with pytest.raises(InvalidArgumentError, match="batch_size must be at least 1, got 0"):
+        explain(tiny_run, [tiny_images / "red"], tmp_path / "maps", batch_size=0)
+    with pytest.raises(InvalidArgumentError, match="out_dir is required"):
+        explain(tiny_run, [tiny_images / "red"], None)
 
 
 def test_gradcam_for_run_picks_the_most_confident_mistakes(tiny_run):
@@ -143,3 +147,14 @@ def test_gradcam_for_run_picks_the_most_confident_mistakes(tiny_run):
     assert [item["overlay"] for item in index["items"]] == [c[4].rsplit("/", 1)[-1] for c in chosen]
     assert len(gradcam_for_run(tiny_run, n=10)) == 3  # only three mistakes in the run
     assert len(list((tiny_run / "gradcam").glob("*.png"))) == 3
+
+
+def test_gradcam_for_run_refuses_what_the_cli_refuses(tiny_run, tmp_path):
+    with pytest.raises(InvalidArgumentError, match="n must be at least 1, got 0"):
+        gradcam_for_run(tiny_run, n=0)
+    with pytest.raises(InvalidArgumentError, match="not a run directory; to explain a model file, name the images"):
+        gradcam_for_run(tiny_run / "model.keras")
+    with pytest.raises(MissingFileError, match="not a run directory"):
+        gradcam_for_run(tmp_path / "gone")
+    with pytest.raises(MissingFileError, match="no predictions"):
+        gradcam_for_run(tmp_path)
