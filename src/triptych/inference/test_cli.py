@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from triptych.cli.main import main, with_flags
+
 
 def triptych(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -63,8 +65,6 @@ def test_export_prints_parity(tiny_run, tmp_path):
 
 
 def test_explain_images_and_mistakes(tiny_run, tiny_images, tmp_path, capsys):
-    from triptych.cli.main import main
-
     assert main(["explain", str(tiny_run), str(tiny_images / "blue"), "--out", str(tmp_path / "maps")]) == 0
     assert len(list((tmp_path / "maps").glob("*_gradcam.png"))) == 4
     assert "Grad-CAM of layer relu2, 4 overlay(s)" in capsys.readouterr().out
@@ -77,8 +77,6 @@ def test_explain_images_and_mistakes(tiny_run, tiny_images, tmp_path, capsys):
 
 
 def test_predict_all_images_unreadable_exits_2(tiny_run, tmp_path, capsys):
-    from triptych.cli.main import main
-
     (tmp_path / "bad.png").write_bytes(b"nope")
     assert main(["predict", str(tiny_run), str(tmp_path / "bad.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -105,8 +103,6 @@ def test_predict_all_images_unreadable_exits_2(tiny_run, tmp_path, capsys):
 )
 def test_library_errors_name_the_flags(tiny_run, tiny_images, tmp_path, capsys, args, message):
     """The API refuses these (naming its Python arguments); the CLI says which flag was wrong."""
-    from triptych.cli.main import main
-
     places = {"RUN": str(tiny_run), "IMAGES": str(tiny_images / "red"), "OUT": str(tmp_path)}
     args = [places.get(a, a).replace("RUN/", str(tiny_run) + "/") for a in args]
     message = message.replace("RUN/", str(tiny_run) + "/")
@@ -122,8 +118,6 @@ def test_help(command):
 
 
 def test_flags_replace_argument_names_not_paths():
-    from triptych.cli.main import with_flags
-
     flags = {"samples": "--samples", "overwrite": "--overwrite", "fmt": "--format"}
     assert with_flags("samples must be at least 1, got 0", flags) == "--samples must be at least 1, got 0"
     assert with_flags("samples already exists; pass overwrite=True to replace it", flags) == (
