@@ -14,7 +14,7 @@ With the TensorFlow backend, ``fit`` under MultiWorkerMirroredStrategy fails in 
    workers; each worker's value is the mean over its equally sized shard of the global batch).
 
 Nothing else changes: gradients are still all-reduced by the strategy, so the workers stay in
-lockstep (``test_distribute.py`` checks identical weights and the single-worker loss).
+lockstep (``tests/test_multiworker.py`` checks identical weights and the single-worker loss).
 
 The patch is version-guarded: :func:`apply` patches only when the Keras source still contains
 the two faulty lines it corrects (else it warns and leaves Keras alone, as the bug may be fixed),
