@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+import yaml
+
 from triptych.cli import add_command_parser
-from triptych.errors import TriptychError
+from triptych.cli.models import parse_input_size
+from triptych.diagrams import draw  # no TensorFlow until a model is built
+from triptych.errors import InvalidArgumentError
+from triptych.models.registry import get_spec
 
 DESCRIPTION = """\
 Draw the key idea of an architecture from its built Keras model (random weights, nothing is
@@ -41,27 +46,19 @@ def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from triptych.cli.models import parse_input_size
-    from triptych.models.registry import get_spec
-
     get_spec(args.model)  # an unknown name fails here, in one line, before TensorFlow loads
     input_shape = parse_input_size(args.input_size)
     options = _parse_options(args.options)
-
-    from triptych.diagrams import draw
-
     for path in draw(args.model, args.out, input_shape=input_shape, **options):
         print(path)
     return 0
 
 
 def _parse_options(items: list[str]) -> dict:
-    import yaml
-
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise TriptychError(f"--option {item!r}: expected KEY=VALUE, e.g. stem=cifar")
+            raise InvalidArgumentError(f"--option {item!r}: expected KEY=VALUE, e.g. stem=cifar")
         options[key.strip()] = yaml.safe_load(value) if value.strip() else None
     return options

@@ -7,7 +7,11 @@ import sys
 from pathlib import Path
 
 from triptych.cli import add_command_parser
-from triptych.errors import TriptychError
+from triptych.errors import InvalidArgumentError
+
+# The Python arguments of explain / gradcam_for_run (named in their errors) and this command's flags.
+FLAGS = {"n": "--mistakes", "out_dir": "--out", "class_name": "--class", "layer": "--layer",
+         "batch_size": "--batch-size", "preprocessing": "--preprocessing"}
 
 DESCRIPTION = """\
 Show where a trained model looks: a Grad-CAM heat map of its last convolutional stage
@@ -44,22 +48,14 @@ def execute(args: argparse.Namespace) -> int:
     from triptych.inference.gradcam import explain, gradcam_for_run
 
     if not args.images:
-        if args.class_name:
-            raise TriptychError("--class needs IMAGE arguments (mistakes are explained for their predicted class)")
-        if args.mistakes < 1:
-            raise TriptychError(f"--mistakes must be at least 1, got {args.mistakes}")
-        if not Path(args.model).is_dir():
-            raise TriptychError(f"{args.model}: not a run directory; give IMAGE arguments to explain a model file")
+        if args.class_name:  # two API functions: only explain() takes a class
+            raise InvalidArgumentError("--class needs IMAGE arguments (mistakes are explained for their predicted class)")
         chosen = gradcam_for_run(args.model, n=args.mistakes, out_dir=args.out, layer=args.layer)
         if not chosen:
             print("no mistakes with a readable image in predictions.csv: nothing to explain")
         for path, true, pred, prob, png in chosen:
             print(f"{path}: true {true}, predicted {pred} ({prob:.1%}) -> {png}")
         return 0
-    if args.out is None:
-        raise TriptychError("--out DIR is required with IMAGE arguments")
-    if args.batch_size < 1:
-        raise TriptychError(f"--batch-size must be at least 1, got {args.batch_size}")
     explained, skipped = explain(
         args.model,
         args.images,

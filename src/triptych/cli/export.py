@@ -6,6 +6,10 @@ import argparse
 
 from triptych.cli import add_command_parser
 
+# The Python arguments of export (named in its errors) and this command's flags for them.
+FLAGS = {"fmt": "--format", "quantize": "--quantize", "samples": "--samples", "overwrite": "--overwrite",
+         "preprocessing": "--preprocessing"}
+
 DESCRIPTION = """\
 Export a trained model to a TensorFlow SavedModel, ONNX, or TFLite (optionally quantised to
 float16 or int8), then check it: the export and the Keras model are run on the same sample

@@ -6,13 +6,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 from triptych import __version__
 from triptych.errors import TriptychError
 
 # Each sub-command lives in triptych.cli.<name> and exposes
-# ``register(subparsers) -> argparse.ArgumentParser`` and ``execute(args) -> int``.
+# ``register(subparsers) -> argparse.ArgumentParser`` and ``execute(args) -> int``, and may
+# map the Python arguments named in library errors to its flags: ``FLAGS = {"top_k": "--top-k"}``.
 # Modules are imported lazily so that ``triptych report`` never pays for TensorFlow.
 COMMANDS: dict[str, str] = {
     "run": "Train and evaluate every experiment of a YAML config, then write the report.",
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, summary in COMMANDS.items():
         module = _command_module(name)
         sub = module.register(subparsers, name, summary)
-        sub.set_defaults(_execute=module.execute)
+        sub.set_defaults(_execute=module.execute, _flags=getattr(module, "FLAGS", {}))
     return parser
 
 
@@ -63,11 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._execute(args) or 0)
     except TriptychError as err:
-        print(f"triptych {args.command}: error: {err}", file=sys.stderr)
+        print(f"triptych {args.command}: error: {with_flags(str(err), args._flags)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"triptych {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def with_flags(message: str, flags: dict[str, str]) -> str:
+    """A library message in the command's terms: the Python argument it is about
+    (``top_k must be at least 1``) and ``name=value`` hints (``pass overwrite=True``,
+    ``fmt=tflite``) become the command's flags (``--top-k``, ``--overwrite``, ``--format tflite``)."""
+    for name, flag in flags.items():
+        name = re.escape(name)
+        message = re.sub(rf"^{name}(?= (?:must|is|applies|needs)\b)", flag, message)
+        message = re.sub(rf"(?<![\w./-]){name}=True\b", flag, message)  # not inside a path
+        message = re.sub(rf"(?<![\w./-]){name}=", flag + " ", message)
+    return message
 
 
 if __name__ == "__main__":

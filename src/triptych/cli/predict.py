@@ -7,6 +7,9 @@ import sys
 
 from triptych.cli import add_command_parser
 
+# The Python arguments of predict_files (named in its errors) and this command's flags for them.
+FLAGS = {"top_k": "--top-k", "batch_size": "--batch-size", "fmt": "--format", "preprocessing": "--preprocessing"}
+
 DESCRIPTION = """\
 Predict the classes of images with a trained model. PATH is an image file or a folder
 (searched recursively for .jpg .jpeg .png .bmp .gif). Images are resized and normalised

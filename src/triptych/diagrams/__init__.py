@@ -23,7 +23,8 @@ from triptych.diagrams.core import Diagram, Edge
 from triptych.diagrams.densenet import draw_dense_block
 from triptych.diagrams.resnet import draw_resnet
 from triptych.diagrams.xception import draw_separable_conv, draw_xception_flows
-from triptych.errors import TriptychError
+from triptych.errors import InvalidArgumentError
+from triptych.models.registry import build, get_spec
 
 __all__ = [
     "Diagram",
@@ -48,7 +49,7 @@ def diagrams_for(model: Any, family: str) -> dict[str, Diagram]:
         return {"": draw_xception_flows(model), "_separable": draw_separable_conv(model)}
     if family == "densenet":
         return {"": draw_dense_block(model)}
-    raise TriptychError(f"no diagram for model family {family!r} (resnet, xception and densenet have one)")
+    raise InvalidArgumentError(f"no diagram for model family {family!r} (resnet, xception and densenet have one)")
 
 
 def draw(
@@ -64,12 +65,10 @@ def draw(
     returns the paths written. ``build_options`` go to :func:`triptych.models.build`
     (e.g. ``stem="cifar"`` for a ResNet).
     """
-    from triptych.models.registry import build, get_spec
-
     spec = get_spec(model_name)  # an unknown name is a one-line error listing the valid ones
     out = Path(out)
     if out.suffix.lower() not in ("", ".svg", ".png"):
-        raise TriptychError(f"{out}: the diagram is written as .svg and .png; name it FILE.svg")
+        raise InvalidArgumentError(f"{out}: the diagram is written as .svg and .png; name it FILE.svg")
     model = build(model_name, DIAGRAM_CLASSES, input_shape, None, **build_options)
     written: list[Path] = []
     for suffix, diagram in diagrams_for(model, spec.family).items():

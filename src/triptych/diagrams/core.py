@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import graphviz
+
 from triptych.errors import TriptychError
+from triptych.io import atomic_write_bytes
 
 FONT = "DejaVu Sans"
 PNG_DPI = 144
@@ -59,8 +62,6 @@ class Diagram:
 
     def render(self, out: str | Path) -> list[Path]:
         """Write ``out`` with suffix ``.svg`` and ``.png``; returns both paths."""
-        from triptych.io import atomic_write_bytes
-
         out = Path(out)
         svg_path, png_path = out.with_suffix(".svg"), out.with_suffix(".png")
         png_graph = self.graph.copy()
@@ -69,23 +70,18 @@ class Diagram:
         try:
             svg = self.graph.pipe(format="svg")
             png = png_graph.pipe(format="png")
-        except Exception as err:
-            if err.__class__.__name__ == "ExecutableNotFound":
-                raise TriptychError(
-                    "graphviz's 'dot' program is not installed; install it (Debian/Ubuntu: apt-get install graphviz, "
-                    "macOS: brew install graphviz) and try again"
-                ) from err
-            raise
+        except graphviz.ExecutableNotFound as err:
+            raise TriptychError(
+                "graphviz's 'dot' program is not installed; install it (Debian/Ubuntu: apt-get install graphviz, "
+                "macOS: brew install graphviz) and try again"
+            ) from err
         atomic_write_bytes(svg_path, svg)
         atomic_write_bytes(png_path, png)
         return [svg_path, png_path]
 
 
-def new_graph(name: str, title: str, rankdir: str = "TB", **graph_attr: str):
-    try:
-        import graphviz
-    except ImportError as err:  # pragma: no cover - a dependency of triptych
-        raise TriptychError("the 'graphviz' Python package is missing; pip install graphviz") from err
+def new_graph(name: str, title: str, rankdir: str = "TB", **graph_attr: str) -> graphviz.Digraph:
+    """A graph in the house style: one font, colours from ``COLORS``, rounded boxes."""
     graph = graphviz.Digraph(name=name)
     attrs = {"rankdir": rankdir, "label": title, "labelloc": "t", "fontname": FONT, "fontsize": "18",
              "bgcolor": "white", "pad": "0.3", "nodesep": "0.35", "ranksep": "0.45"}

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import math
 
+import keras
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from triptych.diagrams import diagrams_for, draw, draw_dense_block, draw_resnet, draw_separable_conv  # noqa: E402
-from triptych.diagrams import draw_xception_flows  # noqa: E402
-from triptych.diagrams.graph import shape_text  # noqa: E402
-from triptych.errors import TriptychError  # noqa: E402
-from triptych.models import build  # noqa: E402
-from triptych.models.profile import layer_macs  # noqa: E402
+from triptych.cli.main import main
+from triptych.diagrams import diagrams_for, draw, draw_dense_block, draw_resnet, draw_separable_conv
+from triptych.diagrams import draw_xception_flows
+from triptych.diagrams.graph import shape_text
+from triptych.errors import TriptychError
+from triptych.models import build
+from triptych.models.profile import layer_macs
 
 
 def config_inputs(model) -> dict[str, list[str]]:
@@ -225,8 +225,6 @@ def test_unknown_model_is_one_line_listing_valid_ones(tmp_path):
 
 
 def test_cli_diagram(tmp_path, capsys):
-    from triptych.cli.main import main
-
     out = tmp_path / "r18.svg"
     assert main(["diagram", "resnet18", "--out", str(out), "--input-size", "32", "--option", "stem=cifar"]) == 0
     assert out.exists() and out.with_suffix(".png").exists()

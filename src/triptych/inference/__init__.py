@@ -5,7 +5,8 @@
 >>> gradcam_for_run("runs/demo/resnet18", n=4)       # overlays in runs/demo/resnet18/gradcam/
 >>> export("runs/demo/resnet18", "onnx", "resnet18.onnx").parity.line()
 
-Importing this package is cheap (NumPy only); TensorFlow is loaded on first use.
+Importing this package loads TensorFlow (everything here runs a model); the CLI imports it
+only inside the commands that use it.
 """
 
 from triptych.inference.exporting import ExportResult, Parity, export

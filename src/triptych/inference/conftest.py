@@ -3,22 +3,32 @@
 The run directory follows the contract of :mod:`triptych.rundir` (model.keras saved without
 optimizer, manifest.json, metrics.json, predictions.csv) but holds a tiny conv net trained in
 a second on coloured squares, so that predictions are meaningful and every test stays fast.
+
+Its manifest names the registry model ``resnet18`` (:data:`PREPROCESSING_FROM`) although the
+network is the 2-conv ``tiny`` net: inference takes only the preprocessing (resnet18's
+``torch``) from that name, as it does for a real run, and a real ResNet-18 (11 M parameters)
+would make every export and Grad-CAM test many times slower.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
+from keras import layers
+from PIL import Image
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from triptych.data.preprocessing import get_preprocessor
+from triptych.inference.loading import preprocess_images
 
 CLASSES = ["blue", "green", "red"]  # sorted, as a folder dataset's classes would be
 COLOUR_CHANNEL = {"red": 0, "green": 1, "blue": 2}
+# The registry model the tiny run's manifest names, for its preprocessing only (see above).
+PREPROCESSING_FROM = "resnet18"
 
 
 def colour_image(name: str, rng: np.random.Generator, size: tuple[int, int] = (32, 32)) -> np.ndarray:
@@ -28,17 +38,13 @@ def colour_image(name: str, rng: np.random.Generator, size: tuple[int, int] = (3
 
 
 def write_png(path: Path, pixels: np.ndarray) -> Path:
-    from PIL import Image
-
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
     return path
 
 
 def tiny_convnet(num_classes: int, size: int = 32, name: str = "tiny"):
-    import keras
-    from keras import layers
-
+    """Two convolutions, BatchNorm, global pooling and a softmax: a classifier in miniature."""
     inputs = keras.Input((size, size, 3), name="image")
     x = layers.Conv2D(8, 3, padding="same", name="conv1")(inputs)
     x = layers.BatchNormalization(name="bn1")(x)
@@ -58,11 +64,6 @@ def tiny_run(tmp_path_factory) -> Path:
     Its images are 40x48 (so inference must resize them to 32x32). Three test images carry a
     wrong ``y_true`` so that the run has mistakes for Grad-CAM to explain.
     """
-    import keras
-
-    from triptych.data.preprocessing import get_preprocessor
-    from triptych.inference.loading import preprocess_images
-
     root = tmp_path_factory.mktemp("inference")
     run = root / "runs" / "tiny"
     run.mkdir(parents=True)
@@ -91,10 +92,9 @@ def tiny_run(tmp_path_factory) -> Path:
         writer.writerow(["path", "y_true", "y_pred"] + [f"prob_{c}" for c in CLASSES])
         for path, truth, row in zip(paths, noisy, probs):
             writer.writerow([str(path), truth, CLASSES[int(row.argmax())], *map(float, row)])
-    (run / "manifest.json").write_text(
-        json.dumps({"model": "resnet18", "class_names": CLASSES, "image_size": 32, "status": "done"})
-    )
-    (run / "metrics.json").write_text(json.dumps({"model": "resnet18", "class_names": CLASSES}))
+    manifest = {"model": PREPROCESSING_FROM, "class_names": CLASSES, "image_size": 32, "status": "done"}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    (run / "metrics.json").write_text(json.dumps({"model": PREPROCESSING_FROM, "class_names": CLASSES}))
     return run
 
 
@@ -104,6 +104,4 @@ def tiny_images(tiny_run) -> Path:
 
 
 def _read(path: Path):
-    from PIL import Image
-
     return Image.open(path).convert("RGB")

@@ -28,8 +28,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import tensorflow as tf
 
-from triptych.errors import TriptychError
+from triptych.errors import InvalidArgumentError, TriptychError
 from triptych.inference.loading import ImageError, LoadedModel, load, read_image
 from triptych.io import atomic_write_json
 
@@ -86,39 +88,19 @@ def export(
     Raises :class:`TriptychError` (and writes nothing) when a float32 export's outputs differ
     from the Keras model's by more than ``tolerance``.
     """
-    if fmt not in FORMATS:
-        raise TriptychError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise TriptychError(f"unknown quantization {quantize!r}; valid: {', '.join(QUANTIZATIONS)}")
-    if quantize and fmt != "tflite":
-        raise TriptychError(f"--quantize applies to --format tflite only, not {fmt}")
-    if samples < 1:
-        raise TriptychError(f"--samples must be at least 1, got {samples}")
     out = Path(out).expanduser()
-    if out.exists() and not overwrite:
-        raise TriptychError(f"{out} already exists; pass --overwrite to replace it")
-    if fmt == "onnx":
-        _require_onnx()
+    _check_arguments(fmt, out, quantize, samples, overwrite)
     loaded = load(run_or_model, preprocessing)
     inputs, described = sample_inputs(loaded, samples)
     started = time.perf_counter()
     # Keras's ONNX export needs a model that has been called on a batch; this is also the reference.
     reference = loaded.predict_batch(inputs)
-
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         artifact = workdir / out.name
         with _quiet():
-            if fmt == "savedmodel":
-                _export_savedmodel(loaded.model, artifact)
-                outputs = _run_savedmodel(artifact, inputs)
-            elif fmt == "onnx":
-                _export_onnx(loaded.model, artifact)
-                outputs = _run_onnx(artifact, inputs)
-            else:
-                _export_tflite(loaded, artifact, workdir / "_savedmodel", quantize)
-                outputs = _run_tflite(artifact, inputs)
+            outputs = _write_and_run(fmt, loaded, artifact, workdir, quantize, inputs)
         parity = compare(reference, outputs, described)
         if quantize is None and not parity.max_abs_diff <= tolerance:
             raise TriptychError(
@@ -126,24 +108,8 @@ def export(
                 f"(top-1 agreement {parity.top1_agree}/{parity.n}); nothing was written to {out}"
             )
         metadata_path = (artifact / METADATA_NAME) if fmt == "savedmodel" else out.with_name(out.name + ".json")
-        metadata = {
-            "source": str(loaded.source),
-            "model": loaded.model_name,
-            "format": fmt,
-            "quantize": quantize,
-            "class_names": loaded.class_names,
-            "input": {
-                "shape": [None, *loaded.image_size, 3],
-                "dtype": "float32",
-                "preprocessing": loaded.preprocessing,
-                "note": "the model takes preprocessed images: resize to the input size, then apply the preprocessing",
-            },
-            "parity": asdict(parity),
-        }
-        atomic_write_json(metadata_path, metadata)
-        if out.exists() and (out.is_dir() or artifact.is_dir()):  # --overwrite: a folder is moved aside first
-            os.replace(out, workdir / "replaced")
-        os.replace(artifact, out)  # a file (or symlink) is replaced atomically
+        atomic_write_json(metadata_path, _metadata(loaded, fmt, quantize, parity))
+        _move_into_place(artifact, out, workdir)
         size = _size(out)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -156,6 +122,60 @@ def export(
         size_bytes=size,
         metadata=out / METADATA_NAME if fmt == "savedmodel" else metadata_path,
     )
+
+
+def _check_arguments(fmt: str, out: Path, quantize: str | None, samples: int, overwrite: bool) -> None:
+    """Everything that can be refused before the model is loaded."""
+    if fmt not in FORMATS:
+        raise InvalidArgumentError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise InvalidArgumentError(f"quantize must be None or one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    if quantize and fmt != "tflite":
+        raise InvalidArgumentError(f"quantize applies to fmt=tflite only, not {fmt}")
+    if samples < 1:
+        raise InvalidArgumentError(f"samples must be at least 1, got {samples}")
+    if out.exists() and not overwrite:
+        raise InvalidArgumentError(f"{out} already exists; pass overwrite=True to replace it")
+    if fmt == "onnx":
+        _require_onnx()
+
+
+def _write_and_run(
+    fmt: str, loaded: LoadedModel, artifact: Path, workdir: Path, quantize: str | None, inputs: np.ndarray
+) -> np.ndarray:
+    """Write the export to ``artifact`` and run ``inputs`` through it, in the runtime that serves it."""
+    if fmt == "savedmodel":
+        _export_savedmodel(loaded.model, artifact)
+        return _run_savedmodel(artifact, inputs)
+    if fmt == "onnx":
+        _export_onnx(loaded.model, artifact)
+        return _run_onnx(artifact, inputs)
+    _export_tflite(loaded, artifact, workdir / "_savedmodel", quantize)
+    return _run_tflite(artifact, inputs)
+
+
+def _metadata(loaded: LoadedModel, fmt: str, quantize: str | None, parity: Parity) -> dict:
+    """The sidecar a serving application reads: classes, input size and preprocessing."""
+    return {
+        "source": str(loaded.source),
+        "model": loaded.model_name,
+        "format": fmt,
+        "quantize": quantize,
+        "class_names": loaded.class_names,
+        "input": {
+            "shape": [None, *loaded.image_size, 3],
+            "dtype": "float32",
+            "preprocessing": loaded.preprocessing,
+            "note": "the model takes preprocessed images: resize to the input size, then apply the preprocessing",
+        },
+        "parity": asdict(parity),
+    }
+
+
+def _move_into_place(artifact: Path, out: Path, workdir: Path) -> None:
+    if out.exists() and (out.is_dir() or artifact.is_dir()):  # overwrite: a folder is moved aside first
+        os.replace(out, workdir / "replaced")
+    os.replace(artifact, out)  # a file (or symlink) is replaced atomically
 
 
 def compare(reference: np.ndarray, outputs: np.ndarray, inputs: str) -> Parity:
@@ -178,8 +198,6 @@ def sample_inputs(loaded: LoadedModel, n: int, seed: int = 0) -> tuple[np.ndarra
 
 def _run_images(loaded: LoadedModel, n: int, sources: tuple[str, ...]) -> list[np.ndarray]:
     """Readable images listed in the run's CSV files (``path`` column), in order, at most ``n``."""
-    import pandas as pd
-
     if loaded.run_dir is None:
         return []
     images: list[np.ndarray] = []
@@ -216,8 +234,6 @@ def _export_savedmodel(model, path: Path) -> None:
 
 
 def _run_savedmodel(path: Path, inputs: np.ndarray) -> np.ndarray:
-    import tensorflow as tf
-
     restored = tf.saved_model.load(str(path))
     # The serving signature, as a deployment calls it: by input name, outputs as a dict.
     serving = restored.signatures["serving_default"]
@@ -255,8 +271,6 @@ def _run_onnx(path: Path, inputs: np.ndarray) -> np.ndarray:
 
 
 def _export_tflite(loaded: LoadedModel, path: Path, savedmodel_dir: Path, quantize: str | None) -> None:
-    import tensorflow as tf
-
     _export_savedmodel(loaded.model, savedmodel_dir)
     converter = tf.lite.TFLiteConverter.from_saved_model(str(savedmodel_dir))
     if quantize == "float16":
@@ -295,8 +309,6 @@ def _tflite_interpreter(path: Path):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # fall back to TensorFlow's own (deprecated) interpreter
-        import tensorflow as tf
-
         Interpreter = tf.lite.Interpreter
     return Interpreter(model_path=str(path))
 

@@ -24,9 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
+import matplotlib
 import numpy as np
+import pandas as pd
+import tensorflow as tf
+from PIL import Image
 
-from triptych.errors import TriptychError
+from triptych.errors import InvalidArgumentError, MissingFileError
 from triptych.inference.loading import (
     ImageError,
     LoadedModel,
@@ -52,8 +57,6 @@ class GradCamModel:
 
     def __call__(self, batch: np.ndarray, class_indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Heat maps (n, h, w) in [0, 1] at feature-map resolution, and the probabilities (n, k)."""
-        import tensorflow as tf
-
         x = tf.convert_to_tensor(batch, dtype=tf.float32)
         with tf.GradientTape() as tape:
             features, penultimate, probs = self.model(x, training=False)
@@ -81,8 +84,6 @@ class GradCamModel:
 
 def find_target_layer(model) -> str:
     """The name of the layer whose output Grad-CAM explains (see the module docstring)."""
-    import keras
-
     nested = [
         layer for layer in model.layers if isinstance(layer, keras.Model) and len(layer.outputs[0].shape) == 4
     ]
@@ -98,7 +99,7 @@ def find_target_layer(model) -> str:
     for layer in reversed(model.layers[:-1]):
         if _is_feature_map(layer):
             return layer.name
-    raise TriptychError(f"{model.name}: no convolutional layer found for Grad-CAM; name one with --layer")
+    raise InvalidArgumentError(f"{model.name}: no convolutional layer found for Grad-CAM; name one with layer=NAME")
 
 
 def build_gradcam_model(model, layer: str | None = None) -> GradCamModel:
@@ -106,60 +107,59 @@ def build_gradcam_model(model, layer: str | None = None) -> GradCamModel:
 
     ``layer`` may also name a layer inside a nested backbone (``conv5_block16_concat``).
     """
-    import keras
-
     name = layer or find_target_layer(model)
-    top_names = [l.name for l in model.layers]
     final = model.layers[-1]
     logits_from = final if _is_softmax_dense(final) else None
-
-    if name in top_names and not isinstance(model.get_layer(name), keras.Model):
-        target = model.get_layer(name)
-        if not _is_feature_map(target):
-            raise TriptychError(f"layer {name!r} of {model.name} has no 4-D feature map output; Grad-CAM needs one")
+    if name in [l.name for l in model.layers] and not isinstance(model.get_layer(name), keras.Model):
+        target = _feature_map_layer(model, name)
         grad_model = keras.Model(model.inputs, [target.output, final.input, model.outputs[0]])
         return GradCamModel(grad_model, name, logits_from)
-
     # The target is a nested model, or a layer inside one: rebuild the graph through it.
     base, inner_name = _locate_nested(model, name)
+    grad_model = _through_nested(model, base, inner_name)
+    return GradCamModel(grad_model, name if inner_name is None else f"{base.name}/{inner_name}", logits_from)
+
+
+def _feature_map_layer(model, name: str):
+    target = model.get_layer(name)
+    if not _is_feature_map(target):
+        raise InvalidArgumentError(f"layer {name!r} of {model.name} has no 4-D feature map output; Grad-CAM needs one")
+    return target
+
+
+def _through_nested(model, base, inner_name: str | None):
+    """``input -> base -> head`` rebuilt with the features of ``base`` (or of its layer
+    ``inner_name``), the head's input and the probabilities as outputs."""
+    top_names = [l.name for l in model.layers]
     base_index = top_names.index(base.name)
     head = [l for l in model.layers[base_index + 1 :] if not isinstance(l, keras.layers.InputLayer)]
     if base_index != 1 or not head:
-        raise TriptychError(
+        raise InvalidArgumentError(
             f"{model.name}: Grad-CAM through a nested model needs input -> {base.name} -> head layers "
             f"(found {', '.join(top_names)})"
         )
-    if inner_name is None:
-        inner = base
-    else:
-        inner_target = base.get_layer(inner_name)
-        if not _is_feature_map(inner_target):
-            raise TriptychError(f"layer {inner_name!r} of {base.name} has no 4-D feature map output; Grad-CAM needs one")
-        inner = keras.Model(base.inputs, [inner_target.output, base.outputs[0]], name=f"{base.name}_gradcam")
     inputs = keras.Input(shape=model.inputs[0].shape[1:], name="image")
-    if inner is base:
+    if inner_name is None:
         features = base_out = base(inputs)
     else:
+        inner_target = _feature_map_layer(base, inner_name)
+        inner = keras.Model(base.inputs, [inner_target.output, base.outputs[0]], name=f"{base.name}_gradcam")
         features, base_out = inner(inputs)
     x = base_out
     for head_layer in head[:-1]:
         x = head_layer(x)
-    penultimate = x
     outputs = head[-1](x)
-    grad_model = keras.Model(inputs, [features, penultimate, outputs], name=f"{model.name}_gradcam")
-    return GradCamModel(grad_model, name if inner_name is None else f"{base.name}/{inner_name}", logits_from)
+    return keras.Model(inputs, [features, x, outputs], name=f"{model.name}_gradcam")
 
 
 def _locate_nested(model, name: str):
-    import keras
-
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             if layer.name == name:
                 return layer, None
             if name in [l.name for l in layer.layers]:
                 return layer, name
-    raise TriptychError(f"{model.name} has no layer {name!r} (also searched its nested models)")
+    raise InvalidArgumentError(f"{model.name} has no layer {name!r} (also searched its nested models)")
 
 
 def _is_feature_map(layer) -> bool:
@@ -171,8 +171,6 @@ def _is_feature_map(layer) -> bool:
 
 
 def _is_softmax_dense(layer) -> bool:
-    import keras
-
     activation = getattr(layer, "activation", None)
     return isinstance(layer, keras.layers.Dense) and getattr(activation, "__name__", "") == "softmax"
 
@@ -182,9 +180,6 @@ def _is_softmax_dense(layer) -> bool:
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45, cmap: str = "jet", min_size: int = OVERLAY_MIN_SIZE) -> np.ndarray:
     """Blend a heat map (any resolution, values in [0, 1]) over a uint8 RGB image; small images are upscaled."""
-    import matplotlib
-    from PIL import Image
-
     height, width = image.shape[:2]
     scale = max(1, int(np.ceil(min_size / max(1, min(height, width)))))
     size = (width * scale, height * scale)
@@ -199,14 +194,10 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45, cmap: str =
 
 def upsample(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     """A heat map resized (bilinearly) to an image's size."""
-    from PIL import Image
-
     return np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR))
 
 
 def write_png(path: str | os.PathLike, pixels: np.ndarray) -> Path:
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return atomic_write_bytes(path, buffer.getvalue())
@@ -231,17 +222,14 @@ def explain(
     ``explained`` (the class the map is for), ``layer`` and ``overlay``; and
     ``(path, reason)`` for images that could not be read.
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    files = collect_images(paths)
+    if out_dir is None:
+        raise InvalidArgumentError("out_dir is required: the folder for the overlays of the images")
+    if batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be at least 1, got {batch_size}")
+    files = collect_images([paths] if isinstance(paths, (str, os.PathLike)) else paths)
     loaded = load(run_or_model, preprocessing)
-    class_index = None
-    if class_name is not None:
-        if class_name not in loaded.class_names:
-            raise TriptychError(f"unknown class {class_name!r}; the model's classes: {', '.join(loaded.class_names)}")
-        class_index = loaded.class_names.index(class_name)
+    class_index = _class_index(loaded, class_name)
     gradcam = build_gradcam_model(loaded.model, layer)
-    out_dir = Path(out_dir)
     names = _unique_names(files)
     explained, skipped = [], []
     for start in range(0, len(files), batch_size):
@@ -252,27 +240,50 @@ def explain(
                 kept.append(path)
             except ImageError as err:
                 skipped.append((str(path), str(err)))
-        if not images:
-            continue
-        chosen = None if class_index is None else np.full(len(images), class_index)
-        cams, probs = gradcam(loaded.preprocess(images), chosen)
-        for path, image, cam, row in zip(kept, images, cams, probs):
-            target = int(np.argmax(row)) if class_index is None else class_index
-            png = write_png(out_dir / f"{names[path]}_gradcam.png", overlay(image, cam))
-            explained.append(
-                {
-                    "path": str(path),
-                    "label": loaded.class_names[int(np.argmax(row))],
-                    "probability": float(np.max(row)),
-                    "explained": loaded.class_names[target],
-                    "layer": gradcam.layer,
-                    "overlay": str(png),
-                }
-            )
+        if images:
+            pngs = [Path(out_dir) / f"{names[path]}_gradcam.png" for path in kept]
+            explained += _explain_batch(loaded, gradcam, kept, images, pngs, class_index)
     if not explained:
         first = skipped[0] if skipped else ("?", "?")
-        raise TriptychError(f"none of the {len(files)} image(s) could be read (first: {first[0]}: {first[1]})")
+        raise InvalidArgumentError(f"none of the {len(files)} image(s) could be read (first: {first[0]}: {first[1]})")
     return explained, skipped
+
+
+def _class_index(loaded: LoadedModel, class_name: str | None) -> int | None:
+    if class_name is None:
+        return None
+    if class_name not in loaded.class_names:
+        raise InvalidArgumentError(
+            f"class_name must be one of the model's classes ({', '.join(loaded.class_names)}), got {class_name!r}"
+        )
+    return loaded.class_names.index(class_name)
+
+
+def _explain_batch(
+    loaded: LoadedModel,
+    gradcam: GradCamModel,
+    paths: list[Path],
+    images: list[np.ndarray],
+    pngs: list[Path],
+    class_index: int | None,
+) -> list[dict]:
+    """Overlays of one batch, for ``class_index`` or else each image's predicted class."""
+    chosen = None if class_index is None else np.full(len(images), class_index)
+    cams, probs = gradcam(loaded.preprocess(images), chosen)
+    explained = []
+    for path, image, cam, row, png in zip(paths, images, cams, probs, pngs):
+        predicted = int(np.argmax(row))
+        explained.append(
+            {
+                "path": str(path),
+                "label": loaded.class_names[predicted],
+                "probability": float(np.max(row)),
+                "explained": loaded.class_names[predicted if class_index is None else class_index],
+                "layer": gradcam.layer,
+                "overlay": str(write_png(png, overlay(image, cam))),
+            }
+        )
+    return explained
 
 
 def gradcam_for_run(
@@ -286,34 +297,18 @@ def gradcam_for_run(
     Fewer than ``n`` come back when the run made fewer mistakes (or some images are gone).
     The map explains the predicted (wrong) class: what the model looked at to get it wrong.
     """
-    import pandas as pd
-
+    if n < 1:
+        raise InvalidArgumentError(f"n must be at least 1, got {n}")
     run_dir = Path(run_dir)
-    csv_path = run_dir / "predictions.csv"
-    if not csv_path.is_file():
-        raise TriptychError(f"{csv_path}: no predictions (has the run finished its test evaluation?)")
-    try:
-        frame = pd.read_csv(csv_path, dtype={"path": str, "y_true": str, "y_pred": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise TriptychError(f"{csv_path}: cannot read predictions ({err.__class__.__name__})") from err
-    missing = [c for c in ("path", "y_true", "y_pred") if c not in frame.columns]
-    if missing:
-        raise TriptychError(f"{csv_path}: missing column(s) {', '.join(missing)}")
+    if not run_dir.is_dir():
+        raise (InvalidArgumentError if run_dir.exists() else MissingFileError)(
+            f"{run_dir}: not a run directory; to explain a model file, name the images to explain"
+        )
+    mistakes = _confident_mistakes(run_dir / "predictions.csv")
     loaded = load(run_dir)
-    mistakes = frame[frame["y_true"] != frame["y_pred"]].copy()
-    # Confidence of a mistake: the probability the model gave its (wrong) prediction.
-    mistakes["confidence"] = [
-        float(mistakes.at[i, f"prob_{pred}"]) if f"prob_{pred}" in mistakes.columns else np.nan
-        for i, pred in zip(mistakes.index, mistakes["y_pred"])
-    ]
-    mistakes = mistakes.sort_values("confidence", ascending=False, kind="stable")
-
     out_dir = Path(out_dir) if out_dir is not None else run_dir / GRADCAM_DIR
     gradcam = build_gradcam_model(loaded.model, layer)
-    if out_dir.is_dir():  # overlays of an earlier call would mix with this one's
-        for old in out_dir.iterdir():
-            if _RANKED_PNG.match(old.name):
-                old.unlink()
+    _remove_ranked_overlays(out_dir)
     chosen: list[tuple[str, str, str, float, str]] = []
     for _, row in mistakes.iterrows():
         if len(chosen) >= n:
@@ -322,17 +317,57 @@ def gradcam_for_run(
             image = read_image(row["path"])
         except ImageError:
             continue  # the image moved or was in memory only: take the next mistake
-        pred_index = loaded.class_names.index(row["y_pred"]) if row["y_pred"] in loaded.class_names else None
-        cams, probs = gradcam(loaded.preprocess([image]), None if pred_index is None else np.array([pred_index]))
-        rank = len(chosen) + 1
-        stem = _safe_stem(Path(str(row["path"])).stem)
-        png = write_png(out_dir / f"{rank:02d}_{stem}_true-{_safe_stem(row['y_true'])}_pred-{_safe_stem(row['y_pred'])}.png", overlay(image, cams[0]))
-        prob = float(row["confidence"]) if np.isfinite(row["confidence"]) else float(np.max(probs[0]))
-        chosen.append((str(row["path"]), str(row["y_true"]), str(row["y_pred"]), prob, str(png)))
+        chosen.append(_explain_mistake(loaded, gradcam, row, image, out_dir, rank=len(chosen) + 1))
+    _write_index(out_dir, gradcam.layer, chosen)
+    return chosen
+
+
+def _confident_mistakes(csv_path: Path) -> pd.DataFrame:
+    """The wrong rows of predictions.csv, most confident first, with a ``confidence`` column:
+    the probability the model gave its (wrong) prediction."""
+    if not csv_path.is_file():
+        raise MissingFileError(f"{csv_path}: no predictions (has the run finished its test evaluation?)")
+    try:
+        frame = pd.read_csv(csv_path, dtype={"path": str, "y_true": str, "y_pred": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InvalidArgumentError(f"{csv_path}: cannot read predictions ({err.__class__.__name__})") from err
+    missing = [c for c in ("path", "y_true", "y_pred") if c not in frame.columns]
+    if missing:
+        raise InvalidArgumentError(f"{csv_path}: missing column(s) {', '.join(missing)}")
+    mistakes = frame[frame["y_true"] != frame["y_pred"]].copy()
+    mistakes["confidence"] = [
+        float(mistakes.at[i, f"prob_{pred}"]) if f"prob_{pred}" in mistakes.columns else np.nan
+        for i, pred in zip(mistakes.index, mistakes["y_pred"])
+    ]
+    return mistakes.sort_values("confidence", ascending=False, kind="stable")
+
+
+def _remove_ranked_overlays(out_dir: Path) -> None:
+    """Overlays of an earlier call would mix with this one's."""
+    if out_dir.is_dir():
+        for old in out_dir.iterdir():
+            if _RANKED_PNG.match(old.name):
+                old.unlink()
+
+
+def _explain_mistake(
+    loaded: LoadedModel, gradcam: GradCamModel, row: pd.Series, image: np.ndarray, out_dir: Path, rank: int
+) -> tuple[str, str, str, float, str]:
+    """The overlay of one mistake, for its predicted class, as ``NN_<stem>_true-<y>_pred-<y>.png``."""
+    pred_index = loaded.class_names.index(row["y_pred"]) if row["y_pred"] in loaded.class_names else None
+    cams, probs = gradcam(loaded.preprocess([image]), None if pred_index is None else np.array([pred_index]))
+    stem = _safe_stem(Path(str(row["path"])).stem)
+    name = f"{rank:02d}_{stem}_true-{_safe_stem(row['y_true'])}_pred-{_safe_stem(row['y_pred'])}.png"
+    png = write_png(out_dir / name, overlay(image, cams[0]))
+    prob = float(row["confidence"]) if np.isfinite(row["confidence"]) else float(np.max(probs[0]))
+    return str(row["path"]), str(row["y_true"]), str(row["y_pred"]), prob, str(png)
+
+
+def _write_index(out_dir: Path, layer: str, chosen: list[tuple[str, str, str, float, str]]) -> None:
     atomic_write_json(
         out_dir / "gradcam.json",
         {
-            "layer": gradcam.layer,
+            "layer": layer,
             "explains": "the predicted class of the most confident mistakes",
             # overlay: the PNG's file name, relative to this file's folder
             "items": [
@@ -341,7 +376,6 @@ def gradcam_for_run(
             ],
         },
     )
-    return chosen
 
 
 def _safe_stem(text: str) -> str:

@@ -11,15 +11,16 @@ import csv
 import io
 import json
 import os
-import sys
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
-from triptych.errors import TriptychError
+from triptych.errors import InvalidArgumentError
 from triptych.inference.loading import (
     ImageError,
     LoadedModel,
@@ -27,8 +28,13 @@ from triptych.inference.loading import (
     load,
     read_image,
 )
+from triptych.progress import progress_bar
 
 PROGRESS_MIN_FILES = 64  # show a progress bar (on a terminal) from this many files on
+FORMATS = ("table", "csv", "json")
+
+# One compiled forward pass per model, for any batch size (see batch_predictor).
+_predictors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ def predict(
 
     Returns one ``{"path": str, "top_k": [{"label": str, "probability": float}, ...]}`` per
     image that could be read, in input order. Images that cannot be decoded are skipped with
-    a warning; if none can be read, :class:`TriptychError` is raised.
+    a warning; if none can be read, :class:`~triptych.errors.InvalidArgumentError` is raised.
     """
     results, failures = predict_files(
         run_or_model, paths, top_k, batch_size=batch_size, preprocessing=preprocessing, progress=progress
@@ -71,13 +77,8 @@ def predict_files(
     on_failure: Callable[[Failure], None] | None = None,
 ) -> tuple[list[dict], list[Failure]]:
     """:func:`predict`, also returning the images that were skipped and why."""
-    if top_k < 1:
-        raise TriptychError(f"--top-k must be at least 1, got {top_k}")
-    if batch_size < 1:
-        raise TriptychError(f"--batch-size must be at least 1, got {batch_size}")
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    files = collect_images(paths)
+    check_at_least_one(top_k=top_k, batch_size=batch_size)
+    files = collect_images([paths] if isinstance(paths, (str, os.PathLike)) else paths)
     loaded = load(run_or_model, preprocessing)
     k = min(top_k, loaded.num_classes)
     names = np.asarray(loaded.class_names)
@@ -98,10 +99,17 @@ def predict_files(
 
     run_batches(loaded, files, batch_size, handle, failed, progress=progress, description="predicting")
     if not results:
-        raise TriptychError(
+        raise InvalidArgumentError(
             f"none of the {len(files)} image(s) could be read (first: {failures[0].path}: {failures[0].reason})"
         )
     return results, failures
+
+
+def check_at_least_one(**values: int) -> None:
+    """Refuse counts below 1 (``top_k=0``, ``batch_size=-1``), naming the argument."""
+    for name, value in values.items():
+        if value < 1:
+            raise InvalidArgumentError(f"{name} must be at least 1, got {value}")
 
 
 def run_batches(
@@ -116,11 +124,12 @@ def run_batches(
 ) -> None:
     """Decode ``files`` batch by batch, predict, and call ``handle(paths, probabilities)``.
 
-    The last batch is padded to ``batch_size`` so that the model is traced once.
+    Every batch, the last partial one included, goes through one :func:`batch_predictor`
+    traced once for any batch size.
     """
-    show = progress if progress is not None else (len(files) >= PROGRESS_MIN_FILES and sys.stderr.isatty())
-    bar = _Progress(len(files), description) if show else None
-    try:
+    predictor = batch_predictor(loaded)
+    enabled = progress if progress is not None else (None if len(files) >= PROGRESS_MIN_FILES else False)
+    with progress_bar(len(files), description, enabled=enabled) as advance:
         for start in range(0, len(files), batch_size):
             images, kept = [], []
             for path in files[start : start + batch_size]:
@@ -130,51 +139,25 @@ def run_batches(
                 except ImageError as err:
                     failed(Failure(str(path), str(err)))
             if images:
-                batch = loaded.preprocess(images)
-                padded = _pad(batch, batch_size)
-                handle(kept, loaded.predict_batch(padded)[: len(kept)])
-            if bar:
-                bar.advance(min(batch_size, len(files) - start))
-    finally:
-        if bar:
-            bar.close()
+                handle(kept, predictor(loaded.preprocess(images)).numpy())
+            advance(min(batch_size, len(files) - start))
 
 
-def _pad(batch: np.ndarray, size: int) -> np.ndarray:
-    if len(batch) >= size:
-        return batch
-    return np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)])
+def batch_predictor(loaded: LoadedModel) -> Callable[[np.ndarray], tf.Tensor]:
+    """The model's inference forward pass as one ``tf.function`` whose input signature leaves
+    the batch size open: it is traced once per model, whatever the batch sizes it sees (Keras's
+    ``predict_on_batch`` traces again for a new batch shape). Cached for the model's lifetime."""
+    model = loaded.model
+    if model not in _predictors:
+        height, width = loaded.image_size
+        signature = [tf.TensorSpec((None, height, width, 3), tf.float32, name="images")]
+        held = weakref.ref(model)  # a strong reference here would keep the cache's key alive forever
 
+        def forward(images: tf.Tensor) -> tf.Tensor:
+            return held()(images, training=False)
 
-class _Progress:
-    """A rich progress bar on stderr."""
-
-    def __init__(self, total: int, description: str) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task(description, total=total)
-
-    def advance(self, n: int) -> None:
-        self._progress.advance(self._task, n)
-
-    def close(self) -> None:
-        self._progress.stop()
+        _predictors[model] = tf.function(forward, input_signature=signature)
+    return _predictors[model]
 
 
 # --------------------------------------------------------------------------- output formats
@@ -188,7 +171,7 @@ def format_results(results: list[dict], fmt: str) -> str:
         return _format_csv(results)
     if fmt == "table":
         return _format_table(results)
-    raise TriptychError(f"unknown format {fmt!r}; valid: table, csv, json")
+    raise InvalidArgumentError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
 def _format_csv(results: list[dict]) -> str:

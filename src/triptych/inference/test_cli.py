@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from triptych.cli.main import main, with_flags
+
 
 def triptych(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -63,20 +65,18 @@ def test_export_prints_parity(tiny_run, tmp_path):
 
 
 def test_explain_images_and_mistakes(tiny_run, tiny_images, tmp_path, capsys):
-    from triptych.cli.main import main
-
     assert main(["explain", str(tiny_run), str(tiny_images / "blue"), "--out", str(tmp_path / "maps")]) == 0
     assert len(list((tmp_path / "maps").glob("*_gradcam.png"))) == 4
     assert "Grad-CAM of layer relu2, 4 overlay(s)" in capsys.readouterr().out
     assert main(["explain", str(tiny_run), "--mistakes", "1", "--out", str(tmp_path / "mistakes")]) == 0
     assert ", predicted " in capsys.readouterr().out and len(list((tmp_path / "mistakes").glob("01_*.png"))) == 1
     assert main(["explain", str(tiny_run), str(tiny_images / "blue")]) == 2
-    assert capsys.readouterr().err.strip() == "triptych explain: error: --out DIR is required with IMAGE arguments"
+    assert capsys.readouterr().err.strip() == (
+        "triptych explain: error: --out is required: the folder for the overlays of the images"
+    )
 
 
 def test_predict_all_images_unreadable_exits_2(tiny_run, tmp_path, capsys):
-    from triptych.cli.main import main
-
     (tmp_path / "bad.png").write_bytes(b"nope")
     assert main(["predict", str(tiny_run), str(tmp_path / "bad.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -84,7 +84,45 @@ def test_predict_all_images_unreadable_exits_2(tiny_run, tmp_path, capsys):
     assert err[-1].startswith("triptych predict: error: none of the 1 image(s) could be read")
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "RUN", "IMAGES", "--top-k", "0"], "triptych predict: error: --top-k must be at least 1, got 0"),
+        (["predict", "RUN", "IMAGES", "--batch-size", "0"], "triptych predict: error: --batch-size must be at least 1, got 0"),
+        (["explain", "RUN", "--mistakes", "0"], "triptych explain: error: --mistakes must be at least 1, got 0"),
+        (["explain", "RUN", "IMAGES", "--out", "OUT", "--batch-size", "0"], "triptych explain: error: --batch-size must be at least 1, got 0"),
+        (["explain", "RUN", "IMAGES", "--out", "OUT", "--class", "purple"],
+         "triptych explain: error: --class must be one of the model's classes (blue, green, red), got 'purple'"),
+        (["explain", "RUN", "--class", "red"], "triptych explain: error: --class needs IMAGE arguments"),
+        (["explain", "RUN/model.keras"], "triptych explain: error: RUN/model.keras: not a run directory; to explain"),
+        (["export", "RUN", "--format", "onnx", "--quantize", "int8", "--out", "OUT/m.onnx"],
+         "triptych export: error: --quantize applies to --format tflite only, not onnx"),
+        (["export", "RUN", "--format", "onnx", "--samples", "0", "--out", "OUT/m.onnx"],
+         "triptych export: error: --samples must be at least 1, got 0"),
+    ],
+)
+def test_library_errors_name_the_flags(tiny_run, tiny_images, tmp_path, capsys, args, message):
+    """The API refuses these (naming its Python arguments); the CLI says which flag was wrong."""
+    places = {"RUN": str(tiny_run), "IMAGES": str(tiny_images / "red"), "OUT": str(tmp_path)}
+    args = [places.get(a, a).replace("RUN/", str(tiny_run) + "/") for a in args]
+    message = message.replace("RUN/", str(tiny_run) + "/")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(message), err
+
+
 @pytest.mark.parametrize("command", ["predict", "explain", "export"])
 def test_help(command):
     result = triptych(command, "--help")
     assert result.returncode == 0 and "usage: triptych " + command in result.stdout
+
+
+def test_flags_replace_argument_names_not_paths():
+    flags = {"samples": "--samples", "overwrite": "--overwrite", "fmt": "--format"}
+    assert with_flags("samples must be at least 1, got 0", flags) == "--samples must be at least 1, got 0"
+    assert with_flags("samples already exists; pass overwrite=True to replace it", flags) == (
+        "samples already exists; pass --overwrite to replace it"
+    )
+    assert with_flags("x/fmt=tflite: quantize applies to fmt=tflite only", flags) == (
+        "x/fmt=tflite: quantize applies to --format tflite only"
+    )

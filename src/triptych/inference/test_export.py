@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 import triptych.inference.exporting as export_module
-from triptych.errors import TriptychError
+from triptych.errors import InvalidArgumentError, TriptychError
 from triptych.inference import export
 
 
@@ -41,7 +42,7 @@ def test_quantized_tflite_reports_parity(tiny_run, tmp_path, quantize):
 def test_export_refuses_to_overwrite_then_replaces(tiny_run, tmp_path):
     out = tmp_path / "m.onnx"
     out.write_text("old")
-    with pytest.raises(TriptychError, match="already exists; pass --overwrite"):
+    with pytest.raises(TriptychError, match=r"already exists; pass overwrite=True"):
         export(tiny_run, "onnx", out)
     export(tiny_run, "onnx", out, overwrite=True, samples=2)
     assert out.stat().st_size > 1000
@@ -56,8 +57,6 @@ def test_parity_failure_writes_nothing(tiny_run, tmp_path, monkeypatch):
 
 
 def test_random_inputs_without_run_images(tiny_run, tmp_path):
-    import shutil
-
     model = tmp_path / "bare.keras"
     shutil.copy(tiny_run / "model.keras", model)
     result = export(model, "savedmodel", tmp_path / "sm", preprocessing="torch", samples=3)
@@ -69,7 +68,9 @@ def test_random_inputs_without_run_images(tiny_run, tmp_path):
 
 
 def test_bad_export_arguments(tiny_run, tmp_path):
-    with pytest.raises(TriptychError, match="--quantize applies to --format tflite only"):
+    with pytest.raises(InvalidArgumentError, match="quantize applies to fmt=tflite only, not onnx"):
         export(tiny_run, "onnx", tmp_path / "m.onnx", quantize="int8")
-    with pytest.raises(TriptychError, match="unknown export format 'pt'"):
+    with pytest.raises(InvalidArgumentError, match="fmt must be one of savedmodel, onnx, tflite, got 'pt'"):
         export(tiny_run, "pt", tmp_path / "m.pt")
+    with pytest.raises(InvalidArgumentError, match="samples must be at least 1, got 0"):
+        export(tiny_run, "onnx", tmp_path / "m.onnx", samples=0)

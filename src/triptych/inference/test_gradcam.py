@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
+import pandas as pd
 import pytest
+from keras import layers
+from PIL import Image
 
-from triptych.errors import TriptychError
+from triptych.errors import InvalidArgumentError, MissingFileError, TriptychError
 from triptych.inference import (
     build_gradcam_model,
     explain,
@@ -15,6 +19,7 @@ from triptych.inference import (
     gradcam_for_run,
 )
 from triptych.inference.gradcam import overlay, upsample
+from triptych.models import build
 
 PATCH = 8
 SIZE = 32
@@ -31,9 +36,6 @@ def patch_image(rng: np.random.Generator, corner: tuple[int, int] | None) -> np.
 @pytest.fixture(scope="module")
 def patch_detector():
     """A tiny conv net trained (in seconds) to tell a bright square from none, wherever it is."""
-    import keras
-    from keras import layers
-
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     n = 512
@@ -75,8 +77,6 @@ def test_heat_map_moves_with_the_object(patch_detector):
 
 
 def test_resnet_target_is_the_last_stage4_block():
-    from triptych.models import build
-
     model = build("resnet18", 3, (32, 32, 3), stem="cifar")
     assert find_target_layer(model) == "stage4_block2_out"
     gradcam = build_gradcam_model(model)
@@ -87,8 +87,6 @@ def test_resnet_target_is_the_last_stage4_block():
 
 @pytest.mark.parametrize("arch, size, feature_size", [("densenet121", 64, 2), ("xception", 71, 3)])
 def test_nested_backbones_are_explained_through_base(arch, size, feature_size):
-    from triptych.models import build
-
     model = build(arch, 3, (size, size, 3))  # weights=None: no download
     assert find_target_layer(model) == "base"
     gradcam = build_gradcam_model(model)
@@ -120,14 +118,15 @@ def test_explain_writes_overlays(tiny_run, tiny_images, tmp_path):
     for item in explained:
         assert item["label"] == "red" and item["explained"] == "blue" and item["layer"] == "relu2"
         assert (tmp_path / "maps" / f"{item['path'].rsplit('/', 1)[-1][:-4]}_gradcam.png").is_file()
-    with pytest.raises(TriptychError, match="unknown class 'purple'"):
+    with pytest.raises(InvalidArgumentError, match=r"class_name must be one of the model's classes \(blue, green, red\), got 'purple'"):
         explain(tiny_run, [tiny_images / "red"], tmp_path / "maps", class_name="purple")
+    with pytest.raises(InvalidArgumentError, match="batch_size must be at least 1, got 0"):
+        explain(tiny_run, [tiny_images / "red"], tmp_path / "maps", batch_size=0)
+    with pytest.raises(InvalidArgumentError, match="out_dir is required"):
+        explain(tiny_run, [tiny_images / "red"], None)
 
 
 def test_gradcam_for_run_picks_the_most_confident_mistakes(tiny_run):
-    import pandas as pd
-    from PIL import Image
-
     chosen = gradcam_for_run(tiny_run, n=2)
     frame = pd.read_csv(tiny_run / "predictions.csv")
     mistakes = frame[frame.y_true != frame.y_pred]
@@ -143,3 +142,14 @@ def test_gradcam_for_run_picks_the_most_confident_mistakes(tiny_run):
     assert [item["overlay"] for item in index["items"]] == [c[4].rsplit("/", 1)[-1] for c in chosen]
     assert len(gradcam_for_run(tiny_run, n=10)) == 3  # only three mistakes in the run
     assert len(list((tiny_run / "gradcam").glob("*.png"))) == 3
+
+
+def test_gradcam_for_run_refuses_what_the_cli_refuses(tiny_run, tmp_path):
+    with pytest.raises(InvalidArgumentError, match="n must be at least 1, got 0"):
+        gradcam_for_run(tiny_run, n=0)
+    with pytest.raises(InvalidArgumentError, match="not a run directory; to explain a model file, name the images"):
+        gradcam_for_run(tiny_run / "model.keras")
+    with pytest.raises(MissingFileError, match="not a run directory"):
+        gradcam_for_run(tmp_path / "gone")
+    with pytest.raises(MissingFileError, match="no predictions"):
+        gradcam_for_run(tmp_path)

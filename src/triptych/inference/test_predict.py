@@ -5,14 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import shutil
 
 import numpy as np
 import pytest
 
-from triptych.errors import TriptychError
+from triptych.data.pipeline import make_dataset
+from triptych.data.preprocessing import get_preprocessor
+from triptych.data.sources import Examples
+from triptych.errors import InvalidArgumentError, TriptychError
 from triptych.inference import format_results, load, predict, predict_files
 from triptych.inference.conftest import CLASSES
+from triptych.inference.prediction import batch_predictor
 
 
 def test_predict_folder_recursively_with_top_k(tiny_run, tiny_images):
@@ -31,8 +36,10 @@ def test_top_k_is_capped_at_the_number_of_classes(tiny_run, tiny_images):
     (result,) = predict(tiny_run, image, top_k=10)
     assert sorted(t["label"] for t in result["top_k"]) == CLASSES
     assert sum(t["probability"] for t in result["top_k"]) == pytest.approx(1.0, abs=1e-5)
-    with pytest.raises(TriptychError, match="--top-k must be at least 1"):
+    with pytest.raises(InvalidArgumentError, match="top_k must be at least 1, got 0"):
         predict(tiny_run, image, top_k=0)
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got -1"):  # also a ValueError
+        predict(tiny_run, image, batch_size=-1)
 
 
 def test_batching_and_padding_do_not_change_results(tiny_run, tiny_images):
@@ -45,12 +52,20 @@ def test_batching_and_padding_do_not_change_results(tiny_run, tiny_images):
         np.testing.assert_allclose([t["probability"] for t in a["top_k"]], [t["probability"] for t in b["top_k"]], atol=1e-6)
 
 
+def test_one_trace_for_every_batch_size(tiny_run, tiny_images, caplog):
+    """Batches of 5 (the last one partial: 2 of 12 images), 64, 1 and 7, and a call with 2 files:
+    all through one traced forward pass, and no TensorFlow retracing warning."""
+    loaded = load(tiny_run)
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        for batch_size in (5, 64, 1, 7):
+            assert len(predict(loaded, [tiny_images], batch_size=batch_size)) == 12
+        assert len(predict(loaded, sorted(tiny_images.rglob("*.png"))[:2])) == 2
+    assert batch_predictor(loaded).experimental_get_tracing_count() == 1
+    assert not [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
+
+
 def test_same_preprocessing_as_the_training_pipeline(tiny_run, tiny_images):
     """Predictions on files equal the model applied to the tf.data evaluation pipeline's batches."""
-    from triptych.data.pipeline import make_dataset
-    from triptych.data.preprocessing import get_preprocessor
-    from triptych.data.sources import Examples
-
     loaded = load(tiny_run)
     files = sorted(tiny_images.rglob("*.png"))
     examples = Examples(labels=np.zeros(len(files), dtype=np.int64), ids=np.array([str(f) for f in files]))

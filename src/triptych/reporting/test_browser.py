@@ -92,3 +92,14 @@ def test_report_looks_right_in_chromium(report_path, tmp_path):
     assert overflow <= 0, "the page scrolls sideways at 1400 px"
     assert clipped == [], "a table is wider than the page at 1400 px"
     assert shot.stat().st_size > 50_000
+
+
+def test_missing_browser_fails_on_ci_and_skips_elsewhere(monkeypatch, tmp_path):
+    """A CI machine without Chromium must not pass the browser test by skipping it."""
+    monkeypatch.setitem(globals(), "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="not found"):
+        _require_browser()
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="not found"):
+        _require_browser()

@@ -14,7 +14,7 @@ With the TensorFlow backend, ``fit`` under MultiWorkerMirroredStrategy fails in 
    workers; each worker's value is the mean over its equally sized shard of the global batch).
 
 Nothing else changes: gradients are still all-reduced by the strategy, so the workers stay in
-lockstep (``test_distribute.py`` checks identical weights and the single-worker loss).
+lockstep (``tests/test_multiworker.py`` checks identical weights and the single-worker loss).
 
 The patch is version-guarded: :func:`apply` patches only when the Keras source still contains
 the two faulty lines it corrects (else it warns and leaves Keras alone, as the bug may be fixed),
@@ -28,6 +28,9 @@ import inspect
 import warnings
 
 import keras
+import tensorflow as tf
+from keras.src import tree
+from keras.src.backend.tensorflow import trainer  # the module patched here
 
 UPSTREAM_ISSUE = "https://github.com/keras-team/keras/issues/20585"
 # Keras versions on which the patched functions were read and the 2-worker test passed.
@@ -39,15 +42,8 @@ EXPECTED_REDUCE_LINE = 'return strategy.reduce("MEAN", v, axis=0)'
 _applied = False
 
 
-def _trainer_module():
-    from keras.src.backend.tensorflow import trainer
-
-    return trainer
-
-
 def faulty_lines_present() -> dict[str, bool]:
     """Whether Keras still has each of the two lines this shim corrects."""
-    trainer = _trainer_module()
     build_source = inspect.getsource(_original("_maybe_symbolic_build", trainer.TensorFlowTrainer))
     reduce_source = inspect.getsource(_original("reduce_per_replica", trainer))
     return {
@@ -87,7 +83,6 @@ def apply() -> bool:
             RuntimeWarning,
             stacklevel=2,
         )
-    trainer = _trainer_module()
     original_build = trainer.TensorFlowTrainer._maybe_symbolic_build
     original_reduce = trainer.reduce_per_replica
     _maybe_symbolic_build.__triptych_original__ = original_build
@@ -104,9 +99,6 @@ def apply() -> bool:
 def _maybe_symbolic_build(self, iterator=None, data_batch=None):
     """Keras 3.15.1's ``TensorFlowTrainer._maybe_symbolic_build``, building from the local
     replica's batch instead of a cross-worker reduction of the data."""
-    import tensorflow as tf
-    from keras.src import tree
-
     if self._distribute_strategy is None:
         return
     if iterator is not None:
@@ -128,11 +120,9 @@ def _maybe_symbolic_build(self, iterator=None, data_batch=None):
 def reduce_per_replica(values, strategy, reduction):
     """Keras's ``reduce_per_replica``; under multi-worker collectives, scalars are averaged
     across workers with ``axis=None`` (Keras uses ``axis=0``, which a scalar does not have)."""
-    trainer = _trainer_module()
     original = reduce_per_replica.__triptych_original__
     if reduction not in ("auto", "mean") or not trainer._collective_all_reduce_multi_worker(strategy):
         return original(values, strategy, reduction)
-    from keras.src import tree
 
     def _reduce(v):
         if _rank(v) == 0:
@@ -143,8 +133,6 @@ def reduce_per_replica(values, strategy, reduction):
 
 
 def _rank(value) -> int | None:
-    import tensorflow as tf
-
     if isinstance(value, tf.distribute.DistributedValues):
         value = value.values[0]
     shape = getattr(value, "shape", None)

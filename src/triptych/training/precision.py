@@ -20,8 +20,12 @@ whole experiment, so phase 1's head, the feature extractor and the fine-tuned mo
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 
-from triptych.errors import TriptychError
+import keras
+
+from triptych.errors import InvalidArgumentError, TriptychError
+from triptych.training.feature_cache import dtype_policy
 
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
@@ -31,22 +35,18 @@ def policy_name(precision: str) -> str:
     try:
         return PRECISIONS[precision]
     except KeyError:
-        raise TriptychError(f"unknown training.precision {precision!r}; expected one of {', '.join(PRECISIONS)}") from None
+        raise InvalidArgumentError(f"unknown training.precision {precision!r}; expected one of {', '.join(PRECISIONS)}") from None
 
 
 @contextlib.contextmanager
 def precision_scope(precision: str):
     """Build layers under the precision's dtype policy; the previous policy comes back after."""
-    from triptych.training.feature_cache import dtype_policy
-
     with dtype_policy(policy_name(precision)):
         yield
 
 
 def check_float32_outputs(model) -> None:
     """Refuse a model whose outputs are not float32 (e.g. a softmax left in bfloat16)."""
-    import keras
-
     dtypes = [keras.backend.standardize_dtype(output.dtype) for output in model.outputs]
     if any(dtype != "float32" for dtype in dtypes):
         raise TriptychError(
@@ -57,8 +57,6 @@ def check_float32_outputs(model) -> None:
 
 def compute_dtype(model) -> str:
     """The dtype most of the model's layers compute in (``float32``, ``bfloat16``, ``float16``)."""
-    from collections import Counter
-
     counts = Counter(
         layer.dtype_policy.compute_dtype for layer in model._flatten_layers(include_self=False) if layer.weights
     )
@@ -67,6 +65,4 @@ def compute_dtype(model) -> str:
 
 def uses_loss_scaling(model) -> bool:
     """Whether the compiled model's optimizer scales the loss (fp16)."""
-    import keras
-
     return isinstance(getattr(model, "optimizer", None), keras.optimizers.LossScaleOptimizer)

@@ -1,17 +1,18 @@
-"""tf.distribute: strategy choice, worker roles, the Keras multi-worker shim, and two real
-localhost workers training in lockstep (MultiWorkerMirroredStrategy over gRPC, on CPU).
+"""tf.distribute: strategy choice, worker roles, thread settings and the Keras multi-worker shim.
 
-The lockstep test starts processes (TensorFlow can host one multi-worker cluster per process,
-configured before its first op), so it runs in about a minute on a 2-core machine.
+Two real localhost workers training in lockstep: ``tests/test_multiworker.py``.
 """
 
+import argparse
 import inspect
 import json
 
 import keras
 import pytest
+from keras.src.backend.tensorflow import trainer
 
-from triptych.errors import TriptychError
+from triptych.cli import run as run_cli
+from triptych.errors import InvalidArgumentError, TriptychError
 from triptych.training import distribute, keras_multiworker_shim
 
 
@@ -22,8 +23,6 @@ def test_keras_multiworker_shim_still_matches_keras():
         "if still open, run this test file and add the version to TESTED_KERAS_VERSIONS; if fixed, delete the shim"
     )
     assert keras_multiworker_shim.faulty_lines_present() == {"_maybe_symbolic_build": True, "reduce_per_replica": True}
-    from keras.src.backend.tensorflow import trainer
-
     # The corrected functions keep the signatures Keras calls them with.
     original_build = keras_multiworker_shim._original("_maybe_symbolic_build", trainer.TensorFlowTrainer)
     original_reduce = keras_multiworker_shim._original("reduce_per_replica", trainer)
@@ -63,37 +62,11 @@ def test_worker_roles_from_tf_config_and_slurm(monkeypatch, tmp_path):
 
 
 def test_threads_option_is_on_triptych_run():
-    import argparse
-
-    from triptych.cli import run as run_cli
-
     parser = run_cli.register(argparse.ArgumentParser().add_subparsers(), "run", "")
     assert parser.parse_args(["c.yaml", "--out", "o", "--threads", "2"]).threads == 2
     distribute.set_threads(None)  # no-op
-
-
-def test_two_localhost_workers_train_in_lockstep_and_resume(tmp_path):
-    """2 workers (global batch 16 = 8 per worker) vs one process (batch 16), 2 epochs of 4 steps.
-
-    The workers first train 1 epoch with BackupAndRestore, are started again for 2 epochs and
-    must resume (train only epoch 2). Tolerances (distribute.py): the workers' weights are
-    identical (0.0: both apply the same all-reduced gradient); against the single process the
-    weights and epoch-2 loss agree to 1e-4 (float32 sums taken in another order; seen: ~2e-7).
-    """
-    result = distribute.local_cluster_check(num_workers=2, epochs=2, workdir=tmp_path, resume=True, timeout=100)
-    assert result["replicas"] == 2
-    assert result["epochs_run_after_resume"] == 1, "the restarted workers did not resume from the backup"
-    assert result["max_weight_diff_between_workers"] == 0.0
-    assert result["max_weight_diff_vs_single"] <= distribute.SINGLE_ATOL, result
-    assert result["max_loss_diff_vs_single"] <= distribute.LOSS_ATOL, result
-    assert result["matches"]
-
-
-def test_batchnorm_statistics_are_averaged_over_workers(tmp_path):
-    """Keras 3 keeps one BatchNorm moving-statistics copy per replica (aggregation "none"); without
-    SyncBatchNormStatistics the 2 workers' copies differ (~1e-2 here) and so do their predictions."""
-    result = distribute.local_batchnorm_check(num_workers=2, workdir=tmp_path, timeout=100)
-    assert result["max_weight_diff_between_workers"] == 0.0, result
+    with pytest.raises(InvalidArgumentError, match="threads must be at least 1, got -2"):
+        distribute.set_threads(-2)
 
 
 def test_sync_batchnorm_callback_only_for_several_replicas():

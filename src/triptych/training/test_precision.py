@@ -7,7 +7,8 @@ import pytest
 
 from triptych.config import TrainingConfig, parse_config
 from triptych.errors import TriptychError
-from triptych.models import build
+from triptych.models import build, pretrained
+from triptych.runner import run_experiment
 from triptych.training.precision import (
     check_float32_outputs,
     compute_dtype,
@@ -87,8 +88,6 @@ def test_training_step_loss_scaling_only_for_fp16(precision, scaled):
 
 
 def test_pretrained_head_softmax_is_float32(monkeypatch):
-    from triptych.models import pretrained
-
     def tiny_backbone(include_top=False, weights=None, input_shape=(32, 32, 3)):
         inputs = keras.Input(input_shape)
         x = keras.layers.Conv2D(8, 3, name="conv1_conv")(inputs)
@@ -102,8 +101,6 @@ def test_pretrained_head_softmax_is_float32(monkeypatch):
 
 
 def test_experiment_end_to_end_in_bf16_under_a_mirrored_strategy(tmp_path, image_folder):
-    from triptych.runner import run_experiment
-
     raw = {
         "experiments": [
             {
