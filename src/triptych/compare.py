@@ -29,7 +29,7 @@ from triptych.config import Config, apply_override, parse_config
 from triptych.config_schema import commented_yaml
 from triptych.data.audit import AuditReport, audit_folder
 from triptych.errors import InvalidArgumentError, MissingFileError
-from triptych.models import get_spec
+from triptych.models import MODELS, get_spec
 
 MIN_IMAGES_PER_CLASS = 10
 IMBALANCE_WARNING_RATIO = 2.0  # largest class / smallest class
@@ -106,8 +106,10 @@ def parse_models(models: str | Sequence[str]) -> list[str]:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise InvalidArgumentError(f"models names {', '.join(repeated)} more than once; name each model once")
-    for name in names:
-        get_spec(name)  # an unknown name is refused with the list of valid ones
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise InvalidArgumentError(
+            f"models: unknown model(s) {', '.join(map(repr, unknown))}; valid models: {', '.join(sorted(MODELS))}")
     return names
 
 
