@@ -78,20 +78,25 @@ class MlflowTracker(Tracker):
         self.parent_id = parent.info.run_id
         _log_params(client, self.parent_id, {"seed": config.seed, "experiments": len(config.experiments)})
         client.log_text(self.parent_id, to_yaml(config), "config.yaml")
-        self.broken = False
+        self.broken = self.closed = False
 
     def log_experiment(self, run_dir: str | Path) -> None:
         if not self.broken:
             self._guard(log_run_dir, self.client, self.experiment_id, self.parent_id, Path(run_dir))
 
     def close(self, report: str | Path | None = None, failed: bool = False) -> None:
-        if self.broken:
+        if self.closed:
             return
-        if report is not None and Path(report).is_file():
+        self.closed = True
+        if report is not None and Path(report).is_file() and not self.broken:
             self._guard(self.client.log_artifact, self.parent_id, str(report))
         if not self.broken:
             self._guard(self.client.set_terminated, self.parent_id, "FAILED" if failed else "FINISHED")
-        self.broken = True  # closed: nothing more goes to this parent run
+        else:
+            try:  # tracking broke earlier and said so once: mark the parent run incomplete if the store still answers
+                self.client.set_terminated(self.parent_id, "FAILED")
+            except Exception:  # noqa: BLE001, S110
+                pass
 
     def _guard(self, call, *args) -> None:
         try:
@@ -115,7 +120,12 @@ def log_run_dir(client, experiment_id: str, parent_id: str, run_dir: Path) -> st
     """Log one finished experiment directory as a run nested under ``parent_id``; its run id."""
     from mlflow.entities import Metric
 
+    # Everything is read before the MLflow run is created, so an unreadable run directory leaves no empty run.
     manifest = _read_json(run_dir / "manifest.json")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, value, now, step) for key, value, step in _history_metrics(run_dir / "history.csv")]
+    metrics += [Metric(key, value, now, 0) for key, value in _test_metrics(_read_json(run_dir / "metrics.json"))]
     tags = {
         "mlflow.parentRunId": parent_id,
         "triptych.model": str(manifest.get("model", "")),
@@ -125,11 +135,7 @@ def log_run_dir(client, experiment_id: str, parent_id: str, run_dir: Path) -> st
         "triptych.run_dir": str(run_dir.resolve()),
     }
     run_id = client.create_run(experiment_id, run_name=run_dir.name, tags=tags).info.run_id
-    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
     _log_params(client, run_id, {**_flatten(config), "seed": manifest.get("seed")})
-    now = int(time.time() * 1000)
-    metrics = [Metric(key, value, now, step) for key, value, step in _history_metrics(run_dir / "history.csv")]
-    metrics += [Metric(key, value, now, 0) for key, value in _test_metrics(_read_json(run_dir / "metrics.json"))]
     for start in range(0, len(metrics), _METRICS_PER_CALL):
         client.log_batch(run_id, metrics=metrics[start:start + _METRICS_PER_CALL])
     for path in sorted(run_dir.rglob("*")):
