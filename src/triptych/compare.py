@@ -332,4 +332,5 @@ def compare_folder(
                 if run.is_done() and run.name not in done_before:
                     tracker.log_experiment(run.root)
         tracker.close(report=out / "report.html")
+    log(f"per-epoch curves: tensorboard --logdir {out}")
     return runs
