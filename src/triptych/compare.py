@@ -55,8 +55,9 @@ class Plan:
 
 # (seconds per model up to, plan settings). Sized for a 2-core CPU, where a full-size fine-tune
 # of ~4,000 images takes hours: small images and capped data keep a short budget honest. The
-# first tier was measured (WikiArt, xception + resnet18, '5m' with 100 images per class and 6
-# scratch epochs: 2 min 40 s end to end on 2 shared cores), the others are extrapolated.
+# first tier was measured: `triptych compare` on WikiArt, xception + resnet18, '5m': 2.6 CPU-minutes
+# end to end (5 min 23 s wall on 2 cores shared with other jobs, load average 8). The other
+# tiers are extrapolated from it, not measured.
 _TIERS: tuple[tuple[float, dict[str, Any]], ...] = (
     (200, dict(pretrained_size=128, scratch_size=64, train_per_class=150, test_per_class=100, head_epochs=10,
                fine_tune_epochs=1, scratch_epochs=8)),

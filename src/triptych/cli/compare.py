@@ -33,7 +33,9 @@ on a small CPU machine; without it every image is used at the models' native siz
 def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     parser = add_command_parser(subparsers, name, summary, DESCRIPTION, EPILOG)
     add_recipe_arguments(parser)
-    parser.add_argument("--out", required=True, help="output directory (config.yaml, one subdirectory per model, report.html)")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="output directory (config.yaml, one subdirectory per model, report.html)"
+    )
     parser.add_argument(
         "--track", choices=["none", "mlflow"], default=None,
         help="log each experiment to MLflow too (pip install 'triptych[mlflow]'; MLFLOW_TRACKING_URI, else DIR/mlruns)",
