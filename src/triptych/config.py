@@ -26,7 +26,9 @@ class AugmentConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    dataset: Literal["cifar10", "folder"] = "cifar10"
+    dataset: Literal["cifar10", "folder"] = Field(
+        "cifar10", description="cifar10 (from $TRIPTYCH_MIRROR or Keras) or folder (data.path)"
+    )
     path: str | None = Field(
         None, description="image folder (one subfolder per class) when dataset is 'folder'; $VARS are expanded"
     )
@@ -36,10 +38,10 @@ class DataConfig(_Strict):
     image_size: int | None = Field(None, ge=8, le=1024, description="square input size; default: the model's native size")
     train_per_class: int | None = Field(None, ge=1, description="stratified subset of the training data")
     test_per_class: int | None = Field(None, ge=1, description="stratified subset of the test data")
-    val_fraction: float = Field(0.1, gt=0, lt=1)
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="validation share carved from the training data, stratified, seeded")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="for folders without a test/ split")
-    batch_size: int = Field(64, ge=1)
-    augment: AugmentConfig = AugmentConfig()
+    batch_size: int = Field(64, ge=1, description="global batch (split over the replicas of a distribution strategy)")
+    augment: AugmentConfig = Field(AugmentConfig(), description="training-time augmentation")
     cache: bool | None = Field(None, description="keep decoded images in RAM; default: when they fit 1 GiB")
     skip_bad: bool = Field(
         False,
@@ -60,7 +62,7 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = "resnet50"
+    name: str = Field("resnet50", description="a registered model: resnet18/34/50/101/152, xception, densenet121 (triptych models)")
     weights: str | list[str | None] | None = Field(
         None,
         description="null (random), 'imagenet', a weights file path ($VARS expanded), or a list of these "
@@ -70,19 +72,21 @@ class ModelConfig(_Strict):
 
 
 class EarlyStoppingConfig(_Strict):
-    patience: int = Field(5, ge=1)
-    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    patience: int = Field(5, ge=1, description="epochs without improvement before training stops")
+    monitor: Literal["val_loss", "val_accuracy"] = Field("val_loss", description="the validation metric watched")
 
 
 class FineTuneConfig(_Strict):
     """Phase 2 of transfer learning: unfreeze the last blocks and train at a small learning rate."""
 
-    epochs: int = Field(3, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    learning_rate: float = Field(1e-5, gt=0)
+    epochs: int = Field(3, ge=1, description="phase-2 epochs, after the head phase")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="phase-2 optimizer")
+    learning_rate: float = Field(1e-5, gt=0, description="phase-2 learning rate (small, so the pretrained features survive)")
     unfreeze_blocks: list[str] = Field(default_factory=list, description="e.g. [block14, block13] or [conv5_block16]")
     unfreeze_layers: int | None = Field(None, ge=1, description="or: the last N layers of the backbone")
-    early_stopping_patience: int | None = Field(2, ge=1)
+    early_stopping_patience: int | None = Field(
+        2, ge=1, description="stop phase 2 after this many epochs without a better val_loss; null: never"
+    )
 
     @model_validator(mode="after")
     def _something_to_unfreeze(self) -> FineTuneConfig:
@@ -92,25 +96,34 @@ class FineTuneConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    epochs: int = Field(10, ge=1)
-    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
-    learning_rate: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    epochs: int = Field(10, ge=1, description="epochs (pretrained backbones: of the head phase)")
+    optimizer: Literal["sgd", "adamw", "adam"] = Field("sgd", description="sgd (with momentum), adamw or adam")
+    learning_rate: float = Field(0.1, gt=0, description="peak learning rate (after warm-up)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
+    nesterov: bool = Field(True, description="sgd: Nesterov momentum")
+    weight_decay: float = Field(5e-4, ge=0, description="decoupled weight decay; not applied to BatchNorm and biases")
+    schedule: Literal["cosine", "step", "constant"] = Field(
+        "cosine", description="learning-rate schedule: cosine decay, step (divide by 10 at step_epochs), constant"
+    )
     step_epochs: list[int] = Field(default_factory=list, description="epochs where the 'step' schedule divides the LR by 10")
-    warmup_epochs: float = Field(0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    early_stopping: EarlyStoppingConfig | None = None
-    tensorboard: bool = False
+    warmup_epochs: float = Field(0, ge=0, description="linear learning-rate warm-up, in epochs (fractions allowed)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy loss")
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None, description="null: train every epoch; or {patience: 5, monitor: val_loss}"
+    )
+    # On by default: scalars once per epoch cost next to nothing and answer "what happened in epoch 7?".
+    tensorboard: bool = Field(True, description="TensorBoard scalars per epoch in <run>/tensorboard/ (tensorboard --logdir DIR)")
     freeze_base: Literal["auto"] | bool = Field(
         "auto", description="train only the head in this phase; auto: when the backbone starts pretrained"
     )
     feature_cache: bool = Field(True, description="frozen base: compute its features once, train the head on them")
     cache_views: int = Field(1, ge=1, description="augmented views per training image in the feature cache")
     cache_dtype: Literal["float32", "bfloat16"] = Field("float32", description="compute cached features in this precision")
-    fine_tune: FineTuneConfig | None = None
+    fine_tune: FineTuneConfig | None = Field(
+        None,
+        description="pretrained backbones: phase 2, e.g. {epochs: 3, learning_rate: 1.0e-5, unfreeze_blocks: [block14]}; "
+        "null: head phase only",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="mixed precision: bf16 (mixed_bfloat16) or fp16 (mixed_float16, loss scaling); softmax and loss stay float32"
     )
@@ -121,15 +134,22 @@ class TrainingConfig(_Strict):
 
 class ExperimentConfig(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="also the run subdirectory name")
-    model: ModelConfig = ModelConfig()
-    data: DataConfig = DataConfig()
-    training: TrainingConfig = TrainingConfig()
+    model: ModelConfig = Field(ModelConfig(), description="the architecture and its starting weights")
+    data: DataConfig = Field(DataConfig(), description="dataset, split, input size, batches")
+    training: TrainingConfig = Field(TrainingConfig(), description="optimisation, phases, precision, distribution")
 
 
 class Config(_Strict):
-    seed: int = 0
-    title: str = "triptych comparison"
-    experiments: list[ExperimentConfig] = Field(..., min_length=1)
+    seed: int = Field(0, description="one seed for splits, initialisation, shuffling and augmentation")
+    title: str = Field("triptych comparison", description="the report's title")
+    # Top-level, not per experiment: one MLflow parent run holds every experiment of a config,
+    # so the whole comparison lands in one place (and --set tracking=mlflow sets it once).
+    tracking: Literal["none", "mlflow"] = Field(
+        "none",
+        description="mlflow: log each experiment as an MLflow run nested under one run for the config "
+        "(pip install triptych[mlflow]; MLFLOW_TRACKING_URI, else a local store under the output directory)",
+    )
+    experiments: list[ExperimentConfig] = Field(..., min_length=1, description="the models to train and compare")
 
     @field_validator("experiments")
     @classmethod

@@ -17,6 +17,8 @@ from triptych.errors import TriptychError
 # map the Python arguments named in library errors to its flags: ``FLAGS = {"top_k": "--top-k"}``.
 # Modules are imported lazily so that ``triptych report`` never pays for TensorFlow.
 COMMANDS: dict[str, str] = {
+    "compare": "Compare models on your own image folder in one command: audit, recipe, train, report.",
+    "init": "Print the config 'compare' would run on a folder, every key commented (then edit, then 'run').",
     "run": "Train and evaluate every experiment of a YAML config, then write the report.",
     "report": "Build report.html from saved run directories (no retraining, no TensorFlow).",
     "models": "List the models with parameters, GMACs, weights size (and, with --measure, speed).",
@@ -26,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "predict": "Predict the classes of image files and folders with a trained model.",
     "explain": "Grad-CAM heat maps: where a trained model looks in an image.",
     "export": "Export a trained model to SavedModel, ONNX or TFLite, with a parity check.",
+    "config": "List every config key (--schema), or print a config resolved and commented.",
 }
 
 EXIT_USER_ERROR = 2
