@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from triptych.config import Config, to_yaml
-from triptych.tracking import Tracker, Warn
+from triptych.tracking.base import Tracker, Warn
 
 STORE_DIR = "mlruns"
 # Not artifacts: the epoch backup (deleted when a run finishes) and the best-epoch weights,
