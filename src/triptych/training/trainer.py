@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
 from triptych.config import TrainingConfig
-from triptych.training.callbacks import BestCheckpoint, ElapsedTime, HistoryWriter
+from triptych.training.callbacks import BestCheckpoint, HistoryWriter
 from triptych.training.distribute import sync_batchnorm_callbacks
 from triptych.training.schedules import make_schedule
 
@@ -63,7 +62,6 @@ def fit(
     files: RunFiles,
     *,
     steps_per_epoch: int,
-    on_elapsed: Callable[[float], None],
     verbose: int | None = None,
     history_extra: dict | None = None,
     epoch_offset: int = 0,
@@ -81,7 +79,6 @@ def fit(
         *sync_batchnorm_callbacks(model),
         HistoryWriter(files.history, extra=history_extra, epoch_offset=epoch_offset),
         best,
-        ElapsedTime(on_elapsed),
     ]
     if cfg.early_stopping:
         callbacks.append(
