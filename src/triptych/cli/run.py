@@ -9,8 +9,10 @@ import re
 from pathlib import Path
 
 from triptych.cli import add_command_parser
+from triptych.config import load_config
 from triptych.errors import TriptychError
 from triptych.io import final_name
+from triptych.preflight import validate_experiments
 
 DESCRIPTION = """\
 Train and evaluate every experiment in a YAML config. Each experiment gets DIR/<name>/ with
@@ -62,9 +64,6 @@ def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from triptych.config import load_config
-    from triptych.preflight import validate_experiments
-
     if args.threads:  # importing triptych.training loads TensorFlow: config mistakes stay instant without it
         from triptych.training.distribute import set_threads
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from statsmodels.stats.contingency_tables import mcnemar
+
 from triptych.errors import TriptychError
 from triptych.evaluation.predictions import read_predictions_csv, validate_predictions
 from triptych.rundir import RunDir
@@ -28,9 +30,6 @@ def mcnemar_test(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, Any]
 
     ``b`` counts images only A got right, ``c`` images only B got right.
     """
-    # Imported here: statsmodels costs about a second to import and only McNemar needs it.
-    from statsmodels.stats.contingency_tables import mcnemar
-
     a, b_ = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
     table = [[int(np.sum(a & b_)), int(np.sum(a & ~b_))], [int(np.sum(~a & b_)), int(np.sum(~a & ~b_))]]
     b, c = table[0][1], table[1][0]

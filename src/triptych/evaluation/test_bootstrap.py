@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
 from triptych.evaluation import compute_metrics, validate_predictions
-from triptych.evaluation.bootstrap import bootstrap_cis, macro_auc_resampled, macro_f1_resampled, percentile_interval
+from triptych.evaluation.bootstrap import macro_auc_resampled, macro_f1_resampled, percentile_interval
 from tests.fixtures.synthetic_runs import synthetic_predictions
 
 

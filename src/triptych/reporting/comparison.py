@@ -13,7 +13,6 @@ its row. Nothing here imports TensorFlow.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any

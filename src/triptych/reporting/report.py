@@ -26,8 +26,9 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from triptych import __version__
+from triptych.io import atomic_write_text
 from triptych.reporting import format as fmt
-from triptych.reporting.comparison import ALPHA, CARD_FIELDS, comparison_data, mcnemar_summary
+from triptych.reporting.comparison import ALPHA, CARD_FIELDS, mcnemar_summary, write_comparison
 from triptych.reporting.plots import (
     RUN_FIGURES,
     plot_roc_comparison,
@@ -37,7 +38,6 @@ from triptych.reporting.plots import (
     save_figure,
 )
 from triptych.reporting.runs import EmbeddedFigure, RunView, load_views
-from triptych.io import atomic_write_json, atomic_write_text
 from triptych.rundir import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING, DataInfo, FeatureCacheInfo, RunDir, RunRecord
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -60,8 +60,7 @@ def build_report(run_dirs: Iterable[str | Path], out: str | Path, title: str = "
             view.diagrams = _diagrams(view, diagram_dirs)
             view.gradcam = _gradcam(view)
     finished = [v for v in views if v.finished]
-    data = comparison_data(views)
-    atomic_write_json(out.with_name("comparison.json"), data)
+    data = write_comparison(views, out.with_name("comparison.json"))
     context = {
         "title": title,
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

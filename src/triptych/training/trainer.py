@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
 from triptych.config import TrainingConfig
 from triptych.training.callbacks import BestCheckpoint, HistoryWriter
@@ -109,8 +110,6 @@ def without_autotune_wait(dataset):
     Without it, AUTOTUNE map parallelism is all cores and prefetch buffers still grow on demand:
     the same input throughput (WikiArt JPEGs, 2 cores: ~610 img/s either way).
     """
-    import tensorflow as tf
-
     if not isinstance(dataset, tf.data.Dataset):
         return dataset
     options = tf.data.Options()
