@@ -52,7 +52,7 @@ class SplitFingerprints(_Record):
 class DataInfo(_Record):
     """What the model was trained and tested on."""
 
-    origin: str  # e.g. "cifar10 (TRIPTYCH_MIRROR ...)" or the folder
+    origin: str  # where the images came from (dataset and folder)
     note: str | None = None  # e.g. the folder was missing and the declared fallback was used
     train: int
     val: int
@@ -105,7 +105,7 @@ class RunRecord(_Record):
     phases_done: list[str] = []  # "train", or "head" then "fine-tune"
     feature_cache: FeatureCacheInfo | None = None
     best_epoch: int | None = None
-    train_seconds: float = 0.0  # summed over resumed sessions
+    train_seconds: float | None = None  # the epochs in history.csv (every session) plus feature extraction
     predict_seconds: float | None = None
     peak_rss_mb: float | None = None
 
