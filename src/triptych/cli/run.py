@@ -6,9 +6,13 @@ import argparse
 import errno
 import os
 import re
+from pathlib import Path
 
 from triptych.cli import add_command_parser
+from triptych.config import load_config
 from triptych.errors import TriptychError
+from triptych.io import final_name
+from triptych.preflight import validate_experiments
 
 DESCRIPTION = """\
 Train and evaluate every experiment in a YAML config. Each experiment gets DIR/<name>/ with
@@ -60,22 +64,38 @@ def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from triptych.config import load_config
-    from triptych.runner import RunOptions, run_config
-
     if args.threads:  # importing triptych.training loads TensorFlow: config mistakes stay instant without it
         from triptych.training.distribute import set_threads
 
         set_threads(args.threads)  # before TensorFlow runs anything
     config = load_config(args.config, [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])])
+    validate_experiments(config)  # before TensorFlow loads, so that a config mistake is refused at once
+    from triptych.runner import RunOptions, run_config  # loads TensorFlow
+
+    options = RunOptions(resume=args.resume, overwrite=args.overwrite, report=not args.no_report)
     try:
-        run_config(config, args.out, RunOptions(resume=args.resume, overwrite=args.overwrite, report=not args.no_report))
+        run_config(config, args.out, options)
+    except TriptychError as err:
+        if in_flags(str(err)) == str(err):
+            raise
+        raise TriptychError(in_flags(str(err))) from err
     except OSError as err:
         message = storage_error(err, args.out)
         if message is None:
             raise
         raise TriptychError(message) from err
     return 0
+
+
+# The library names its Python arguments; the command line has flags for them.
+FLAGS = {"resume=True": "--resume", "overwrite=True": "--overwrite"}
+
+
+def in_flags(message: str) -> str:
+    """A library message with the flags of this command in place of the Python arguments."""
+    for argument, flag in FLAGS.items():
+        message = message.replace(argument, flag)
+    return message
 
 
 # A full disk, a file size limit, a quota, a read-only or forbidden location: the user's to fix.
@@ -88,9 +108,9 @@ def storage_error(err: OSError, out: str) -> str | None:
         return None
     # h5py puts the file name in its message, not in err.filename.
     match = re.search(r"filename = '([^']+)'", str(err))
-    where = str(err.filename or (match.group(1) if match else None) or out)
-    # Name the file being written, not its temporary name (.NAME.XXXXXXXX.suffix, see triptych.io).
-    where = re.sub(r"(^|/)\.([^/]+?)\.[a-z0-9_]{8}(\.[^/]*)?$", r"\1\2", where)
+    where = Path(str(err.filename or (match.group(1) if match else None) or out))
+    # Name the file being written, not the temporary name of its atomic write.
+    where = where.with_name(final_name(where.name) or where.name)
     return (
         f"cannot write {where}: {os.strerror(err.errno)}; nothing half-written was kept. Free some space (or fix "
         f"the permissions), then rerun with --resume to continue from the last finished epoch"
