@@ -2,11 +2,11 @@
 
 Pure name logic (no TensorFlow). Layers come in graph order (``model.layers``). A layer whose
 name matches the family's :class:`~triptych.models.catalog.BlockScheme` belongs to the block it
-names. An unnamed layer (Keras auto-names some: ``add_11``, ``conv2d_3``, Inception branches)
-belongs to the next named block: residual shortcuts, transitions and branches come before the
-layer that closes their block. Layers after the last named one (e.g. EfficientNet's
-``top_conv``) belong to the last block; layers before the first named one are the stem, in no
-block.
+names. An unnamed layer (Keras auto-names some: Inception branches, Xception's ``add_11``)
+belongs to the next named block (branches come before the concatenation that closes their
+block) or, for families that say so, to the previous one (Xception's residual addition ends its
+block). Layers after the last named one (e.g. EfficientNet's ``top_conv``) belong to the last
+block; layers before the first named one are the stem, in no block.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from triptych.errors import InvalidArgumentError
+from triptych.models.catalog import BlockScheme
 
 LAST_N = re.compile(r"^last\s+(\d+)$", re.IGNORECASE)
 _COUNTED = re.compile(r"^(.*?)(\d+|[a-z])$")  # a name ending in a number or a letter: conv5_block16, block7a
@@ -30,18 +31,23 @@ class BlockLayout:
         return [layer for block in block_names for layer in self.blocks[block]]
 
 
-def block_layout(layer_names: Sequence[str], pattern: str, name_template: str = r"\1") -> BlockLayout:
+def block_layout(layer_names: Sequence[str], scheme: BlockScheme) -> BlockLayout:
     """Assign each layer to a block (see the module docstring)."""
-    regex = re.compile(pattern)
+    regex = re.compile(scheme.pattern)
     stem: list[str] = []
     blocks: dict[str, list[str]] = {}
     pending: list[str] = []  # unnamed layers waiting for the block that closes them
     for layer in layer_names:
         match = regex.match(layer)
         if not match:
-            (pending if blocks else stem).append(layer)
+            if not blocks:
+                stem.append(layer)
+            elif scheme.unnamed == "previous":
+                blocks[list(blocks)[-1]].append(layer)
+            else:
+                pending.append(layer)
             continue
-        members = blocks.setdefault(match.expand(name_template), [])
+        members = blocks.setdefault(match.expand(scheme.name), [])
         members.extend(pending)
         members.append(layer)
         pending.clear()

@@ -24,10 +24,13 @@ class BlockScheme:
     """How a backbone's layer names show its blocks (see :mod:`triptych.models.blocks`).
 
     ``pattern`` matches the layers that name their block; ``name`` turns the match into the
-    block's name (``re.Match.expand``), ``\\1`` unless the layer names need a prefix."""
+    block's name (``re.Match.expand``), ``\\1`` unless the layer names need a prefix.
+    ``unnamed``: whether Keras's auto-named layers belong to the ``next`` named block (branches
+    that a named concatenation closes) or the ``previous`` one (Xception's residual additions)."""
 
     pattern: str
     name: str = r"\1"
+    unnamed: str = "next"
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ _EFFICIENT_BLOCKS = BlockScheme(r"^(block\d+[a-z])_")
 FAMILIES: dict[str, Family] = {
     "resnet": Family("caffe", 32, _CONV_BLOCKS),
     "resnet_v2": Family("tf", 32, _CONV_BLOCKS),
-    "xception": Family("tf", 71, _BLOCK_N),
+    "xception": Family("tf", 71, BlockScheme(r"^(block\d+)_", unnamed="previous")),
     "inception_v3": Family("tf", 75, BlockScheme(r"^(mixed\d+)$")),
     "inception_resnet_v2": Family("tf", 75, BlockScheme(r"^(block(?:35|17|8)_\d+(?=_)|mixed_\d[a-z]$)")),
     "densenet": Family("torch", 32, _CONV_BLOCKS),

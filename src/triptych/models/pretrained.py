@@ -80,7 +80,7 @@ def backbone_blocks(model: keras.Model) -> BlockLayout:
             "blocks to unfreeze"
         )
     base = model.get_layer("base")
-    return block_layout([layer.name for layer in base.layers], spec.blocks.pattern, spec.blocks.name)
+    return block_layout([layer.name for layer in base.layers], spec.blocks)
 
 
 def unfrozen_layers(
