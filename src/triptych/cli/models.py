@@ -75,6 +75,8 @@ def execute(args: argparse.Namespace) -> int:
     input_shape = parse_input_size(args.input_size)
     cards = load_cards()
     built = bool(args.names or args.measure)
+    if args.input_size and not built:
+        raise TriptychError("--input-size sets the size of the models that are built: name them, or add --measure")
     rows = _profiles(specs, input_shape, args) if built else [catalog_row(spec) for spec in specs]
     if args.json:
         for row in rows:

@@ -65,7 +65,10 @@ def select_blocks(layout: BlockLayout, requested: Sequence[str], model_name: str
     names = list(layout.blocks)
     chosen: set[str] = set()
     for request in requested:
-        last = LAST_N.match(request.strip())
+        request = request.strip()
+        if not request:
+            raise InvalidArgumentError(f"blocks: an empty block name for {model_name}; name a block or 'last N'")
+        last = LAST_N.match(request)
         if last:
             count = int(last.group(1))
             if not 1 <= count <= len(names):

@@ -59,7 +59,7 @@ class ModelSpec:
     imagenet_file: str | None = None
     keras_backbone: bool = False  # the model is keras.applications.<application> + our head
     imagenet_preprocessing: str | None = None  # only where ImageNet weights need another one
-    min_input_size: int = 32
+    min_input_size: int = 1  # keras.applications backbones: their family's minimum
     blocks: BlockScheme | None = None  # named blocks, for unfreezing (keras backbones)
 
     @property

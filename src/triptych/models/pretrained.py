@@ -21,7 +21,9 @@ from triptych.models.catalog import MODELS, ModelSpec
 from triptych.models.weights import imagenet_backbone, load_weights_file
 
 # Registry name -> keras.applications builder (a seam tests replace with a tiny backbone).
-BACKBONES = {spec.name: getattr(keras.applications, spec.application) for spec in MODELS.values() if spec.keras_backbone}
+BACKBONES = {
+    spec.name: getattr(keras.applications, spec.application) for spec in MODELS.values() if spec.keras_backbone
+}
 
 
 def build_pretrained(

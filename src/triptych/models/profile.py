@@ -273,7 +273,10 @@ def _check_card(family: str, card: dict[str, Any] | None) -> None:
     for key in CARD_FIELDS:
         expected_list = key in ("pros", "cons")
         value = card[key]
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value) if expected_list else isinstance(value, str)
+        if expected_list:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        else:
+            ok = isinstance(value, str)
         if not ok:
             what = "a list of strings (quote items that contain ': ')" if expected_list else "a string"
             raise TriptychError(f"cards.yaml: {family}.{key} must be {what}")

@@ -79,7 +79,8 @@ def _check_arguments(spec: ModelSpec, num_classes: int, weights: str | None, opt
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
         raise InvalidArgumentError(
-            f"unknown option(s) {', '.join(unknown)} for {spec.name}; valid options: {', '.join(spec.options) or 'none'}"
+            f"unknown option(s) {', '.join(unknown)} for {spec.name}; "
+            f"valid options: {', '.join(spec.options) or 'none'}"
         )
     if weights == "imagenet" and not spec.pretrained:
         keras_own = f"keras_{spec.name}"
