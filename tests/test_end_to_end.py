@@ -89,7 +89,7 @@ def test_saved_model_loads_and_reproduces_predictions(tiny_run, cifar_mirror):
     model = keras.saving.load_model(run / "model.keras")  # safe mode: no arbitrary code
     assert model.name == "resnet18"
     predictions = pd.read_csv(run / "predictions.csv")
-    from triptych.data.pipeline import decode_image
+    from triptych.data.images import decode_image
     from triptych.data.preprocessing import get_preprocessor
     import tensorflow as tf
 

@@ -98,6 +98,7 @@ class RunRecord(_Record):
     data: DataInfo | None = None
     class_names: list[str] = []
     image_size: int | None = None
+    preprocessing: str | None = None  # the input scaling the model was trained with (data.preprocessing key)
     weights: str | None = None  # where the weights came from (weights_origin), "random" for none
     weights_note: str | None = None  # why earlier weights candidates were not used
     expected_pretrained: bool | None = None  # the architecture is meant to start from pretrained weights

@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from triptych import tracking
 from triptych.config import Config, ExperimentConfig, to_yaml
 from triptych.data.leakage import guard_cross_split_duplicates
 from triptych.data.pipeline import Augment, make_dataset
@@ -42,7 +43,9 @@ from triptych.errors import InvalidArgumentError, TriptychError
 from triptych.evaluation import evaluate_run
 from triptych.inference.gradcam import gradcam_for_run
 from triptych.io import atomic_write_json, atomic_write_text, atomic_write_with, remove_stale_temp_files
+from triptych.isolation import run_experiment_in_child
 from triptych.models import ModelSpec, build, get_spec, weights_origin
+from triptych.models.forward import forward_function
 from triptych.models.profile import profile_keras_model
 from triptych.preflight import (
     ONE_NETWORK_FAMILIES,
@@ -64,14 +67,15 @@ from triptych.rundir import (
     RunDir,
     RunRecord,
     SplitFingerprints,
+    experiment_dirs,
 )
 from triptych.training.callbacks import best_checkpoint_epoch, load_model_weights, read_history_rows
-from triptych.training.distribute import init_strategies, training_scope, worker_output_dir
+from triptych.training.distribute import init_strategies, is_chief, set_threads, training_scope, worker_output_dir
 from triptych.training.phases import PhaseData, plan_phases, run_phase
 
 Log = Callable[[str], None]
 
-__all__ = ["RunOptions", "run_config", "run_experiment"]
+__all__ = ["RunOptions", "run_config", "run_experiment", "run_experiment_here"]
 
 
 @dataclass(frozen=True)
@@ -79,21 +83,53 @@ class RunOptions:
     resume: bool = False  # continue unfinished experiments in ``out``, skip finished ones
     overwrite: bool = False  # delete an existing ``out`` first
     report: bool = True  # write ``out/report.html`` (and the architecture diagrams)
+    # Each experiment in its own process (triptych.isolation): its own peak memory and TensorFlow state.
+    isolate: bool = True
+    threads: int | None = None  # TensorFlow intra-op threads in each experiment; None: TensorFlow's choice
+    track: str | None = None  # overrides config.tracking ("none" | "mlflow")
 
 
 def run_config(config: Config, out: str | Path, options: RunOptions = RunOptions(), log: Log = print) -> list[RunDir]:
     """Run every experiment of ``config`` into ``out/<experiment>/`` and write ``out/report.html``."""
     validate_experiments(config)  # a mistake in any experiment stops the run before the first trains
+    if options.threads is not None and options.threads < 1:
+        raise InvalidArgumentError(f"threads must be at least 1, got {options.threads}")
     strategies = [exp.training.strategy for exp in config.experiments]
-    init_strategies(strategies)  # before TensorFlow runs anything (the multi-worker strategy needs that)
+    if not options.isolate:
+        init_strategies(strategies)  # before TensorFlow runs anything (the multi-worker strategy needs that)
     out = worker_output_dir(out, strategies)  # multi-worker: the chief writes OUT, worker i OUT.worker-i
     prepare_output_dir(out, resume=options.resume, overwrite=options.overwrite)
-    runs = [run_experiment(exp, out, seed=config.seed, resume=options.resume, log=log) for exp in config.experiments]
-    if options.report:
-        draw_diagrams(config, out, log)
-        report = build_report([run.root for run in runs], out / "report.html", title=config.title)
-        log(f"report: {report}")
+    done_before = {run.name for run in experiment_dirs(out) if run.is_done()}
+    kind = options.track or config.tracking
+    with tracking.start(config, out, kind=kind if is_chief() else "none") as tracker:
+        runs = []
+        for exp in config.experiments:
+            runs.append(_run_one(exp, out, config.seed, options, log))
+            if exp.name not in done_before:
+                tracker.log_experiment(runs[-1].root)
+        report = None
+        if options.report:
+            draw_diagrams(config, out, log)
+            report = build_report([run.root for run in runs], out / "report.html", title=config.title)
+            log(f"report: {report}")
+        tracker.close(report=report)
     return runs
+
+
+def _run_one(exp: ExperimentConfig, out: Path, seed: int, options: RunOptions, log: Log) -> RunDir:
+    if not options.isolate:
+        return run_experiment(exp, out, seed=seed, resume=options.resume, log=log)
+    if options.resume and RunDir(out / exp.name).is_done():
+        log(f"[{exp.name}] already done, skipped")  # no process started just to say so
+        return RunDir(out / exp.name)
+    return RunDir(run_experiment_in_child(exp, out, seed=seed, resume=options.resume, threads=options.threads))
+
+
+def run_experiment_here(exp: ExperimentConfig, out: Path, *, seed: int, resume: bool, threads: int | None) -> RunDir:
+    """One experiment in this (fresh) process, as :mod:`triptych.isolation`'s child runs it."""
+    set_threads(threads)
+    init_strategies([exp.training.strategy])  # before TensorFlow runs anything
+    return run_experiment(exp, out, seed=seed, resume=resume, log=lambda line: print(line, flush=True))
 
 
 def run_experiment(exp: ExperimentConfig, out: Path, *, seed: int, resume: bool = False, log: Log = print) -> RunDir:
@@ -179,6 +215,7 @@ def train_and_evaluate(run: RunDir, record: RunRecord, exp: ExperimentConfig, se
     record.weights, record.weights_note = built.weights_origin, built.weights_note
     record.expected_pretrained = spec.family not in ONE_NETWORK_FAMILIES
     record.frozen_base_phase, record.image_size = built.frozen_base, built.image_size
+    record.preprocessing = built.preprocessing
     run.write_record(record)
     log(
         f"[{exp.name}] {exp.model.name} ({built.model.count_params():,} params, weights: {built.weights_origin}) on "
@@ -186,7 +223,7 @@ def train_and_evaluate(run: RunDir, record: RunRecord, exp: ExperimentConfig, se
         f"at {built.image_size}x{built.image_size}"
     )
 
-    inputs = phase_data(exp, spec, data.splits, built.image_size, seed)
+    inputs = phase_data(exp, data.splits, built, seed)
     result = train(run, record, exp, built, inputs, log)
     record.best_epoch, record.train_seconds = result.best_epoch, result.train_seconds
     run.write_record(record)
@@ -256,6 +293,7 @@ class BuiltModel:
     weights_note: str | None  # why earlier weights candidates were not used
     image_size: int
     frozen_base: bool  # phase 1 trains the head on a frozen backbone
+    preprocessing: str  # the input scaling its weights expect (e.g. "caffe" for ImageNet resnet50)
 
 
 def build_model(exp: ExperimentConfig, spec: ModelSpec, num_classes: int, log: Log) -> BuiltModel:
@@ -278,14 +316,22 @@ def build_model(exp: ExperimentConfig, spec: ModelSpec, num_classes: int, log: L
         note = "; ".join(failures) or None
         if note:
             log(f"[{exp.name}] weights fallback to {weights or 'random'} ({note})")
-        return BuiltModel(model, weights_origin(weights), note, size, frozen_base_phase(exp, spec, weights))
+        return BuiltModel(
+            model,
+            weights_origin(weights, spec, (size, size, 3)),
+            note,
+            size,
+            frozen_base_phase(exp, spec, weights),
+            spec.preprocessing_for(weights),
+        )
     raise TriptychError(f"experiment {exp.name}: no usable weights: {'; '.join(failures)}")
 
 
-def phase_data(exp: ExperimentConfig, spec: ModelSpec, splits: Splits, size: int, seed: int) -> PhaseData:
+def phase_data(exp: ExperimentConfig, splits: Splits, built: BuiltModel, seed: int) -> PhaseData:
     """Dataset factories for training and prediction (train/val/test, plain or augmented)."""
     augment = Augment(exp.data.augment.crop_padding, exp.data.augment.flip)
-    preprocess = get_preprocessor(spec.preprocessing)
+    preprocess = get_preprocessor(built.preprocessing)
+    size = built.image_size
 
     def make(split: str, training: bool, seed: int = seed):
         return make_dataset(
@@ -305,7 +351,7 @@ def phase_data(exp: ExperimentConfig, spec: ModelSpec, splits: Splits, size: int
         num_train=len(splits.train),
         batch_size=exp.data.batch_size,
         fingerprint="/".join(fingerprint(getattr(splits, k)) for k in ("train", "val")),
-        preprocessing=spec.preprocessing,
+        preprocessing=built.preprocessing,
         augment=str(augment),
         image_size=size,
         seed=seed,
@@ -366,7 +412,7 @@ def evaluate(run: RunDir, exp: ExperimentConfig, model: keras.Model, inputs: Pha
         load_model_weights(model, run.best_weights)
     save_for_inference(model, run.model)
     started = time.perf_counter()
-    probabilities = model.predict(inputs.make("test", False), verbose=0)
+    probabilities = predict_probabilities(model, inputs.make("test", False), exp.training.strategy)
     predict_seconds = round(time.perf_counter() - started, 3)
     write_predictions(run, splits.test.ids, splits.test.labels, probabilities, splits.class_names)
     metrics = evaluate_run(
@@ -379,6 +425,15 @@ def evaluate(run: RunDir, exp: ExperimentConfig, model: keras.Model, inputs: Pha
         },
     )
     return Evaluation(metrics, predict_seconds)
+
+
+def predict_probabilities(model: keras.Model, dataset, strategy: str) -> np.ndarray:
+    """Class probabilities for a dataset of (images, labels) batches, traced once for all batch
+    sizes; under tf.distribute Keras's ``predict`` shards the work over the replicas instead."""
+    if strategy != "default":
+        return model.predict(dataset, verbose=0)
+    forward = forward_function(model)
+    return np.concatenate([forward(images).numpy() for images, *_ in dataset])
 
 
 def save_for_inference(model: keras.Model, path: Path) -> None:

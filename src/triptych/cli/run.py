@@ -28,6 +28,8 @@ examples:
   triptych run configs/cifar10.yaml --out runs/c10 --set training.epochs=30 --set data.batch_size=128
   triptych run configs/cifar10.yaml --out runs/c10 --resume
 
+every config key, with its type, default and meaning: triptych config --schema
+
 environment:
   TRIPTYCH_MIRROR  folder holding offline datasets (e.g. ../shared/datasets with cifar10/train, cifar10/test)
 """
@@ -55,6 +57,11 @@ def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
         help="TensorFlow intra-op threads (inter-op: 2); default: TensorFlow's choice (all cores)",
     )
     parser.add_argument(
+        "--track", choices=["none", "mlflow"], default=None,
+        help="send each experiment to a tracking server (same as --set tracking=mlflow; needs pip install -e .[mlflow]); "
+        "MLFLOW_TRACKING_URI, else a local store in DIR/mlruns",
+    )
+    parser.add_argument(
         "--skip-bad",
         action="store_true",
         help="leave out image files that cannot be used (truncated, not an image, decompression bomb, ...) and list "
@@ -64,21 +71,16 @@ def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    if args.threads:  # importing triptych.training loads TensorFlow: config mistakes stay instant without it
-        from triptych.training.distribute import set_threads
-
-        set_threads(args.threads)  # before TensorFlow runs anything
-    config = load_config(args.config, [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])])
+    overrides = [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])]
+    config = load_config(args.config, overrides)
     validate_experiments(config)  # before TensorFlow loads, so that a config mistake is refused at once
     from triptych.runner import RunOptions, run_config  # loads TensorFlow
 
-    options = RunOptions(resume=args.resume, overwrite=args.overwrite, report=not args.no_report)
+    options = RunOptions(
+        resume=args.resume, overwrite=args.overwrite, report=not args.no_report, threads=args.threads, track=args.track
+    )
     try:
         run_config(config, args.out, options)
-    except TriptychError as err:
-        if in_flags(str(err)) == str(err):
-            raise
-        raise TriptychError(in_flags(str(err))) from err
     except OSError as err:
         message = storage_error(err, args.out)
         if message is None:
@@ -87,15 +89,8 @@ def execute(args: argparse.Namespace) -> int:
     return 0
 
 
-# The library names its Python arguments; the command line has flags for them.
-FLAGS = {"resume=True": "--resume", "overwrite=True": "--overwrite"}
-
-
-def in_flags(message: str) -> str:
-    """A library message with the flags of this command in place of the Python arguments."""
-    for argument, flag in FLAGS.items():
-        message = message.replace(argument, flag)
-    return message
+# The library names its Python arguments; cli/main.py puts this command's flags in their place.
+FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "threads": "--threads", "track": "--track"}
 
 
 # A full disk, a file size limit, a quota, a read-only or forbidden location: the user's to fix.

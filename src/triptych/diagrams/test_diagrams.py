@@ -229,6 +229,6 @@ def test_cli_diagram(tmp_path, capsys):
     assert main(["diagram", "resnet18", "--out", str(out), "--input-size", "32", "--option", "stem=cifar"]) == 0
     assert out.exists() and out.with_suffix(".png").exists()
     assert str(out) in capsys.readouterr().out
-    assert main(["diagram", "vgg16", "--out", str(out)]) == 2
+    assert main(["diagram", "alexnet", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "valid models: densenet121" in err
