@@ -6,6 +6,7 @@ which POSIX guarantees to be atomic on one file system.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -95,3 +96,22 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# A full disk, a file size limit, a quota, a read-only or forbidden location: the user's to fix.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def storage_error(err: OSError, out: str | os.PathLike) -> str | None:
+    """One line for an OSError that means the output cannot be written, else None (a bug)."""
+    if err.errno not in STORAGE_ERRNOS:
+        return None
+    # h5py puts the file name in its message, not in err.filename.
+    match = re.search(r"filename = '([^']+)'", str(err))
+    where = Path(str(err.filename or (match.group(1) if match else None) or out))
+    # Name the file being written, not the temporary name of its atomic write.
+    where = where.with_name(final_name(where.name) or where.name)
+    return (
+        f"cannot write {where}: {os.strerror(err.errno)}; nothing half-written was kept. Free some space (or fix "
+        f"the permissions), then rerun with resume=True to continue from the last finished epoch"
+    )

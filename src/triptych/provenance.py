@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import resource
+import sys
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -48,8 +49,21 @@ def _git(cwd: Path, *args: str) -> str | None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (ru_maxrss is in KiB on Linux)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """Peak resident memory of this process so far, in MiB.
+
+    On Linux this is ``VmHWM`` of /proc/self/status, the high-water mark of this program's own
+    memory: ``ru_maxrss`` would not do for an experiment process, because Linux carries the
+    parent's resident size at fork into the child's ``ru_maxrss`` across exec (a child started by a
+    3 GB parent reports at least 3 GB). Elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)  # kB
+    except OSError:
+        pass
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def utc_now() -> str:

@@ -42,7 +42,13 @@ from triptych.diagrams import draw
 from triptych.errors import InvalidArgumentError, TriptychError
 from triptych.evaluation import evaluate_run
 from triptych.inference.gradcam import gradcam_for_run
-from triptych.io import atomic_write_json, atomic_write_text, atomic_write_with, remove_stale_temp_files
+from triptych.io import (
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_with,
+    remove_stale_temp_files,
+    storage_error,
+)
 from triptych.isolation import run_experiment_in_child
 from triptych.models import ModelSpec, build, get_spec, weights_origin
 from triptych.models.forward import forward_function
@@ -149,6 +155,9 @@ def run_experiment(exp: ExperimentConfig, out: Path, *, seed: int, resume: bool 
             train_and_evaluate(run, record, exp, seed, log)
     except BaseException as err:
         record_failure(run, record, err)
+        message = storage_error(err, run.root) if isinstance(err, OSError) else None
+        if message:  # a full disk or a read-only folder is the user's to fix: one line, not a traceback
+            raise TriptychError(message) from err
         raise
     record.status, record.finished, record.peak_rss_mb = STATUS_DONE, utc_now(), peak_rss_mb()
     run.write_record(record)

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import errno
-import os
-import re
-from pathlib import Path
 
 from triptych.cli import add_command_parser
 from triptych.config import load_config
 from triptych.errors import TriptychError
-from triptych.io import final_name
+from triptych.io import storage_error
 from triptych.preflight import validate_experiments
 
 DESCRIPTION = """\
@@ -91,22 +87,3 @@ def execute(args: argparse.Namespace) -> int:
 
 # The library names its Python arguments; cli/main.py puts this command's flags in their place.
 FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "threads": "--threads", "track": "--track"}
-
-
-# A full disk, a file size limit, a quota, a read-only or forbidden location: the user's to fix.
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-def storage_error(err: OSError, out: str) -> str | None:
-    """One line for an OSError that means the output cannot be written, else None (a bug)."""
-    if err.errno not in STORAGE_ERRNOS:
-        return None
-    # h5py puts the file name in its message, not in err.filename.
-    match = re.search(r"filename = '([^']+)'", str(err))
-    where = Path(str(err.filename or (match.group(1) if match else None) or out))
-    # Name the file being written, not the temporary name of its atomic write.
-    where = where.with_name(final_name(where.name) or where.name)
-    return (
-        f"cannot write {where}: {os.strerror(err.errno)}; nothing half-written was kept. Free some space (or fix "
-        f"the permissions), then rerun with --resume to continue from the last finished epoch"
-    )

@@ -211,7 +211,7 @@ def _resolve_preprocessing(
     resnet50 is "caffe", a from-scratch one "torch"), else the registry's default for the model."""
     from triptych.data.preprocessing import PREPROCESSORS  # imports Keras
 
-    valid = sorted([*PREPROCESSORS, NO_PREPROCESSING])
+    valid = sorted({*PREPROCESSORS, NO_PREPROCESSING})
     if explicit:
         if explicit not in valid:
             raise InvalidArgumentError(f"unknown preprocessing {explicit!r}; valid: {', '.join(valid)}")
