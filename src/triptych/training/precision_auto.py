@@ -46,7 +46,7 @@ from triptych.io import atomic_write_text
 from triptych.training.precision import PRECISIONS, precision_scope
 
 AUTO = "auto"
-BF16_MARGIN = 1.1  # bf16 must be this much faster: a tie is not worth 8-bit mantissas
+BF16_MARGIN = 1.1  # bf16 must be this much faster: a near-tie is not worth its 8-bit significand
 MEASURE_TIMEOUT_S = 300.0  # TensorFlow's import and a few seconds of steps; far more on a crowded machine
 MEMO_FILE = "precision-auto.json"
 _VERSION = "triptych-precision-auto-1"
@@ -55,7 +55,7 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "avx512_f
 # ONEDNN_MAX_CPU_ISA caps that leave oneDNN no bf16 instructions, or no AMX.
 _CAPS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 _CAPS_WITHOUT_AMX = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512"}
-_CHOSEN: dict[tuple[str, str], PrecisionChoice] = {}  # (memo file, machine key): one answer per process
+_CHOSEN: dict[str, PrecisionChoice] = {}  # machine key -> the answer for the rest of this process
 
 
 @dataclass(frozen=True)
@@ -136,8 +136,9 @@ def resolve_precision(
 ) -> PrecisionChoice:
     """The precision to run in. ``fp32``, ``bf16``, ``fp16``: as asked. ``auto``: remembered for
     this machine in ``cache`` (default :func:`triptych.cache.cache_dir`), else decided (on a CPU:
-    measured with ``measure``, in a child process by default) and remembered. The same
-    answer for the rest of the process, so every experiment of a comparison runs alike."""
+    measured with ``measure``, in a child process by default) and remembered. The first answer
+    holds for the rest of the process (whatever ``cache``), so every experiment of a comparison
+    runs alike."""
     if requested in PRECISIONS:
         return PrecisionChoice(requested, requested, f"training.precision is {requested}")
     if requested != AUTO:
@@ -146,10 +147,9 @@ def resolve_precision(
         )
     machine = machine or this_machine()
     memo = memo_path(cache)
-    key = (str(memo), machine.key())
-    if key not in _CHOSEN:
-        _CHOSEN[key] = _recalled(memo, machine) or _decided(memo, machine, measure or measure_in_child)
-    return _CHOSEN[key]
+    if machine.key() not in _CHOSEN:
+        _CHOSEN[machine.key()] = _recalled(memo, machine) or _decided(memo, machine, measure or measure_in_child)
+    return _CHOSEN[machine.key()]
 
 
 def decide(
@@ -271,7 +271,8 @@ def _training_step(model: keras.Model, images: tf.Tensor, labels: tf.Tensor) -> 
     def step():
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(keras.losses.categorical_crossentropy(labels, model(images, training=True)))
-        for variable, gradient in zip(model.trainable_variables, tape.gradient(loss, model.trainable_variables), strict=True):
+        gradients = tape.gradient(loss, model.trainable_variables)
+        for variable, gradient in zip(model.trainable_variables, gradients, strict=True):
             variable.assign_sub(0.01 * gradient)
         return loss
 

@@ -119,6 +119,7 @@ def test_auto_is_measured_once_per_machine_and_remembered(tmp_path, monkeypatch)
     assert first == PrecisionChoice("bf16", "auto", first.reason, {"bf16_speedup": 1.5})
     assert "1.50x" in first.reason and "measured now" in first.reason
     assert resolve_precision("auto", cache=tmp_path, machine=XEON, measure=measure) is first  # same process
+    assert resolve_precision("auto", cache=tmp_path / "other", machine=XEON, measure=measure) is first
     monkeypatch.setattr(precision_auto, "_CHOSEN", {})  # a new process: the file answers
     again = resolve_precision("auto", cache=tmp_path, machine=XEON, measure=measure)
     assert (again.precision, again.measured, measure.calls) == ("bf16", {"bf16_speedup": 1.5}, 1)
