@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests never read or write the user's cache (cached features, the file-digest memo): one fresh
+# folder per test session, inherited by the CLI subprocesses and experiment processes tests start.
+os.environ["TRIPTYCH_CACHE"] = tempfile.mkdtemp(prefix="triptych-test-cache-")
 
 SHARED = Path(__file__).resolve().parent.parent / "shared"
 

@@ -266,6 +266,15 @@ def _full_disk(root: Path) -> list[str]:
     return ["run", str(tiny_config(root, folder)), "--out", str(root / "out")]
 
 
+def _phases_config(model: dict, training: dict) -> Callable[[Path], list[str]]:
+    def setup(root: Path) -> list[str]:
+        folder = image_folder(root / "images")
+        config = tiny_config(root, folder, model=model, training={"epochs": 1, **training})
+        return ["run", str(config), "--out", str(root / "out")]
+
+    return setup
+
+
 def _bad_and_odd_files(root: Path) -> list[str]:
     folder = image_folder(root / "images", odd=True)
     for filename, (write, _) in BAD_FILES.items():
@@ -319,6 +328,11 @@ CASES: list[Case] = [
     Case("config: missing file", lambda root: ["run", str(root / "nope.yaml"), "--out", str(root / "out")], "nope.yaml not found"),
     Case("config: missing data folder", lambda root: ["run", str(tiny_config(root, root / "no such folder")), "--out", str(root / "out")], "is not a directory"),
     Case("weights of the wrong architecture", _wrong_architecture_weights, "does not fit"),
+    Case("config: freeze_base on a ResNet", _phases_config({"name": "resnet18", "options": {"stem": "cifar"}}, {"freeze_base": True}),
+         "experiment tiny: training.freeze_base: true needs a separate backbone"),
+    Case("config: fine_tune with freeze_base false", _phases_config(
+        {"name": "xception"}, {"freeze_base": False, "fine_tune": {"epochs": 1, "unfreeze_blocks": ["block14"]}}),
+         "experiment tiny: training.fine_tune follows a frozen-backbone phase"),
     Case("predict: class names do not match the model", _predict_class_mismatch, "lists 2 class names but model.keras has 3 outputs"),
     Case("predict: only unreadable images", _predict_only_bad_images, "none of the 2 image(s) could be read"),
     Case("unwritable output directory", _unwritable_output, "cannot write to output directory"),
@@ -347,10 +361,9 @@ def triptych(*args: str, fsize: int | None = None, timeout: float = 600) -> subp
 
 def leftovers(root: Path) -> list[str]:
     """Temporary files of atomic writes (``.NAME.XXXXXXXX.suffix``) left anywhere under ``root``."""
-    import re
+    from triptych.io import final_name
 
-    pattern = re.compile(r"^\.(.+)\.[a-z0-9_]{8}(\.[^/]*)?$")
-    return [str(p) for p in root.rglob(".*") if pattern.match(p.name) and p.is_file()]
+    return [str(p) for p in root.rglob(".*") if final_name(p.name) is not None and p.is_file()]
 
 
 def run_case(case: Case, root: Path) -> subprocess.CompletedProcess:

@@ -307,10 +307,9 @@ def compare_folder(
 
     ``track='mlflow'`` also logs each finished experiment to MLflow (as ``tracking: mlflow``).
     """
-    from triptych import tracking
     from triptych.io import atomic_write_text
-    from triptych.rundir import experiment_dirs
-    from triptych.runner import RunOptions, prepare_output_dir, run_config
+    from triptych.preflight import prepare_output_dir
+    from triptych.runner import RunOptions, run_config  # loads TensorFlow
 
     names = parse_models(models)
     parse_budget(budget)  # a typo fails now, not after the audit
@@ -320,18 +319,10 @@ def compare_folder(
     extra = [f"tracking={track}"] if track else []
     config = recipe_for_folder(folder, names, budget=budget, seed=seed, overrides=[*overrides, *extra], audit=report)
     out = Path(out)
-    prepare_output_dir(out, RunOptions(resume=resume, overwrite=overwrite))
+    prepare_output_dir(out, resume=resume, overwrite=overwrite)
     atomic_write_text(out / "config.yaml", recipe_yaml(config, report, budget))
     log(f"config: {out / 'config.yaml'} (to repeat or edit: triptych run {out / 'config.yaml'} --out DIR)")
-    done_before = {run.name for run in experiment_dirs(out) if run.is_done()}
-    with tracking.start(config, out) as tracker:
-        try:
-            # The output directory is checked and holds config.yaml: the runner continues in it.
-            runs = run_config(config, out, RunOptions(resume=True), log=log)
-        finally:  # experiments finished before a failure are tracked too
-            for run in experiment_dirs(out):
-                if run.is_done() and run.name not in done_before:
-                    tracker.log_experiment(run.root)
-        tracker.close(report=out / "report.html")
+    # The output directory is checked and holds config.yaml: the runner continues in it (and tracks).
+    runs = run_config(config, out, RunOptions(resume=True), log=log)
     log(f"per-epoch curves: tensorboard --logdir {out}")
     return runs

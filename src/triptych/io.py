@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +40,28 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+# The temporary name atomic_path gives: .FINAL.XXXXXXXX[suffix] (mkstemp's 8 random characters,
+# then the final name's suffixes, which some writers check).
+TEMP_NAME = re.compile(r"^\.(?P<final>.+?)\.[a-z0-9_]{8}(\.[^/]*)?$")
+
+
+def final_name(name: str) -> str | None:
+    """The file a temporary name of :func:`atomic_path` stands for, or None for any other name."""
+    match = TEMP_NAME.match(name)
+    return match["final"] if match else None
+
+
+def remove_stale_temp_files(root: str | os.PathLike) -> int:
+    """Delete the temporary files of atomic writes under ``root`` (a SIGKILL skips their clean-up);
+    returns how many."""
+    removed = 0
+    for path in Path(root).rglob(".*"):
+        if final_name(path.name) is not None and path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

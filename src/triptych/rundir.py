@@ -3,17 +3,19 @@
 ``OUT/<experiment>/`` holds:
 
 - ``config.yaml``      the resolved experiment config
-- ``manifest.json``    model, weights origin, seed, versions, git sha, data fingerprint,
-                       start/end time, ``status`` (``running`` | ``done`` | ``failed``) and ``reason``
+- ``manifest.json``    the run record (:class:`RunRecord`): model, weights origin, seed, versions,
+                       git sha, data fingerprints, times, phases done, ``status`` (``running`` |
+                       ``done`` | ``failed``) and ``reason``, peak memory
 - ``history.csv``      one row per epoch: ``epoch``, ``accuracy``, ``loss``, ``val_accuracy``,
-                       ``val_loss``, ``learning_rate`` (and ``phase`` for two-phase fine-tuning)
+                       ``val_loss``, ``learning_rate``, ``epoch_seconds`` (and ``phase``)
 - ``model.keras``      the selected (best on validation) model
 - ``predictions.csv``  one row per test image: ``path``, ``y_true``, ``y_pred`` (class names),
                        ``prob_<class>`` per class
 - ``metrics.json``     computed from ``predictions.csv`` by :mod:`triptych.evaluation`
 - ``split.csv``        which file (or array index) went to train / val / test
 
-Nothing here imports TensorFlow.
+The runner (:mod:`triptych.runner`) is the one writer of the run record; everything else reads
+it through :meth:`RunDir.read_record`. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -21,13 +23,96 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
-from triptych.io import atomic_write_json
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from triptych.errors import TriptychError
+from triptych.io import atomic_write_text
 
 STATUS_RUNNING = "running"
 STATUS_DONE = "done"
 STATUS_FAILED = "failed"
+Status = Literal["running", "done", "failed"]
+
+
+class _Record(BaseModel):
+    # A key nobody declared is a drift between writer and reader: refuse it rather than guess.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitFingerprints(_Record):
+    """sha256 of each split's file list (paths and labels), see ``triptych.data.sources.fingerprint``."""
+
+    train: str
+    val: str
+    test: str
+
+
+class DataInfo(_Record):
+    """What the model was trained and tested on."""
+
+    origin: str  # where the images came from (dataset and folder)
+    note: str | None = None  # e.g. the folder was missing and the declared fallback was used
+    train: int
+    val: int
+    test: int
+    fingerprint: SplitFingerprints
+
+
+class BadImageInfo(_Record):
+    """An image file left out of the run (or that stopped it), and why."""
+
+    path: str
+    reason: str
+
+
+class FeatureCacheInfo(_Record):
+    """Phase 1 of fine-tuning on cached frozen-backbone features."""
+
+    train_features: list[int]  # shape of the training feature array (images x views, features)
+    views: int
+    dtype: str
+    hit: bool  # reused from the cache rather than computed
+    seconds: float
+
+
+class RunRecord(_Record):
+    """``manifest.json``: everything a run records about itself, written by the runner alone.
+
+    Fields are filled in as the run gets to them (``None`` / empty until then); the JSON keys
+    are the field names.
+    """
+
+    status: Status
+    reason: str | None = None  # why it failed (one line)
+    started: str | None = None  # ISO 8601 UTC, of the latest session (a resumed run restarts it)
+    finished: str | None = None
+    experiment: str
+    model: str
+    family: str | None = None  # registry family (resnet, xception, densenet)
+    seed: int
+    versions: dict[str, str] = {}
+    git_sha: str | None = None  # with "-dirty" when the checkout had uncommitted changes
+    bad_images: list[BadImageInfo] = []
+    data: DataInfo | None = None
+    class_names: list[str] = []
+    image_size: int | None = None
+    preprocessing: str | None = None  # the input scaling the model was trained with (data.preprocessing key)
+    weights: str | None = None  # where the weights came from (weights_origin), "random" for none
+    weights_note: str | None = None  # why earlier weights candidates were not used
+    expected_pretrained: bool | None = None  # the architecture is meant to start from pretrained weights
+    frozen_base_phase: bool | None = None  # phase 1 trains the head on a frozen backbone
+    phases_done: list[str] = []  # "train", or "head" then "fine-tune"
+    feature_cache: FeatureCacheInfo | None = None
+    best_epoch: int | None = None
+    train_seconds: float | None = None  # the epochs in history.csv (every session) plus feature extraction
+    predict_seconds: float | None = None
+    peak_rss_mb: float | None = None
+
+
+class RunRecordError(TriptychError):
+    """``manifest.json`` exists but is not a run record."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +150,10 @@ class RunDir:
         return self.root / "checkpoints" / "backup"
 
     @property
+    def tensorboard_dir(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
     def predictions(self) -> Path:
         return self.root / "predictions.csv"
 
@@ -76,24 +165,25 @@ class RunDir:
     def split(self) -> Path:
         return self.root / "split.csv"
 
-    @property
-    def plots(self) -> Path:
-        return self.root / "plots"
-
-    def read_manifest(self) -> dict[str, Any]:
+    def read_record(self) -> RunRecord | None:
+        """The run record, or None when there is no ``manifest.json`` (yet)."""
         if not self.manifest.exists():
-            return {}
-        return json.loads(self.manifest.read_text(encoding="utf-8"))
+            return None
+        try:
+            return RunRecord.model_validate_json(self.manifest.read_bytes())
+        except (ValidationError, OSError) as err:
+            first = err.errors()[0] if isinstance(err, ValidationError) else None
+            what = f"{'.'.join(map(str, first['loc'])) or 'record'}: {first['msg']}" if first else str(err)
+            raise RunRecordError(f"{self.manifest} is not a triptych run record ({what})") from None
 
-    def update_manifest(self, **fields: Any) -> dict[str, Any]:
-        manifest = self.read_manifest()
-        manifest.update(fields)
-        atomic_write_json(self.manifest, manifest)
-        return manifest
+    def write_record(self, record: RunRecord) -> None:
+        """Only the runner calls this (and test fixtures that stand in for it)."""
+        atomic_write_text(self.manifest, json.dumps(record.model_dump(mode="json"), indent=2) + "\n")
 
     @property
     def status(self) -> str | None:
-        return self.read_manifest().get("status")
+        record = self.read_record()
+        return None if record is None else record.status
 
     def is_done(self) -> bool:
         return self.status == STATUS_DONE

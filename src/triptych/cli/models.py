@@ -11,18 +11,22 @@ from triptych.cli import add_command_parser
 from triptych.errors import TriptychError
 
 DESCRIPTION = """\
-List the models triptych can build, with numbers measured from the built model: input size,
-parameters (total and trainable), GMACs (multiply-adds per image, counted layer by layer from
-the graph; 1 MAC = 2 FLOPs), and weights size. Models are built with random weights (nothing is
-downloaded) and, by default, a 1000-class head so that the numbers compare with published ones.
+List the models triptych can build: family, native input size, the preprocessing it is fed,
+and where ImageNet weights come from (keras.applications; "mirror" when $TRIPTYCH_WEIGHTS has
+the file). Nothing is built for the plain list.
 
---measure adds latency (batch 1, median of 5 runs after warm-up) and throughput (batch 32) on
-this machine. It is slow on a CPU at native input sizes: minutes for the whole registry.
+Name models (or pass --measure) for numbers measured from the built model: parameters (total
+and trainable), GMACs (multiply-adds per image, counted layer by layer from the graph; 1 MAC =
+2 FLOPs), and weights size. Models are built with random weights (nothing is downloaded) and, by
+default, a 1000-class head so that the numbers compare with published ones. --measure adds
+latency (batch 1, median of 5 runs after warm-up) and throughput (batch 32) on this machine: slow
+on a CPU at native input sizes, many minutes for the whole registry.
 """
 
 EPILOG = """\
 examples:
   triptych models
+  triptych models --json
   triptych models resnet50 densenet121 --json
   triptych models xception --measure --input-size 160
   triptych models --cards
@@ -62,32 +66,61 @@ def parse_input_size(text: str | None) -> tuple[int, int, int] | None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from triptych.models.profile import load_cards, profile_model
+    from triptych.models.profile import load_cards
     from triptych.models.registry import get_spec, list_models
 
-    names = args.names or [spec.name for spec in list_models()]
-    for name in names:
-        get_spec(name)  # fail on a typo before building anything
+    specs = [get_spec(name) for name in args.names] if args.names else list_models()  # a typo fails first
     if args.num_classes < 2:
         raise TriptychError(f"--num-classes must be at least 2, got {args.num_classes}")
     input_shape = parse_input_size(args.input_size)
     cards = load_cards()
+    built = bool(args.names or args.measure)
+    if args.input_size and not built:
+        raise TriptychError("--input-size sets the size of the models that are built: name them, or add --measure")
+    rows = _profiles(specs, input_shape, args) if built else [catalog_row(spec) for spec in specs]
+    if args.json:
+        for row in rows:
+            row["card"] = cards["families"].get(row["family"], {})
+        print(json.dumps({"models": rows, "card_label": cards.get("label"), "published": cards.get("published", {})},
+                         indent=2))
+        return 0
+    if built:
+        _print_table(rows, args.measure)
+    else:
+        _print_catalog(rows)
+    if args.cards:
+        _print_cards(rows, cards)
+    return 0
+
+
+def catalog_row(spec) -> dict[str, Any]:
+    """What the registry says about a model, without building it."""
+    from triptych.models.weights import find_imagenet_file
+
+    imagenet = "no"
+    if spec.pretrained:
+        imagenet = "mirror" if find_imagenet_file(spec, spec.default_input_shape) else "download"
+    return {
+        "model": spec.name,
+        "family": spec.family,
+        "input_shape": list(spec.default_input_shape),
+        "preprocessing": spec.preprocessing,
+        "imagenet_preprocessing": spec.preprocessing_for("imagenet") if spec.pretrained else None,
+        "imagenet_weights": imagenet,
+        "keras_application": spec.application if spec.keras_backbone else None,  # None: triptych's own
+        "description": spec.description,
+    }
+
+
+def _profiles(specs, input_shape, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from triptych.models.profile import profile_model
 
     profiles = []
-    for name in names:
-        _progress(f"profiling {name}{' (measuring speed)' if args.measure else ''} ...")
-        profiles.append(profile_model(name, input_shape, measure=args.measure, num_classes=args.num_classes))
+    for spec in specs:
+        _progress(f"profiling {spec.name}{' (measuring speed)' if args.measure else ''} ...")
+        profiles.append(profile_model(spec.name, input_shape, measure=args.measure, num_classes=args.num_classes))
     _progress("")
-
-    if args.json:
-        for profile in profiles:
-            profile["card"] = cards["families"].get(profile["family"], {})
-        print(json.dumps({"models": profiles, "published": cards.get("published", {})}, indent=2))
-        return 0
-    _print_table(profiles, args.measure)
-    if args.cards:
-        _print_cards(profiles, cards)
-    return 0
+    return profiles
 
 
 def _progress(message: str) -> None:
@@ -130,10 +163,31 @@ def _print_table(profiles: list[dict[str, Any]], measure: bool) -> None:
         console.print(note, style="dim")
 
 
+def _print_catalog(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="triptych models", title_justify="left")
+    for column in ("model", "family", "input", "preprocessing", "ImageNet weights", "keras.applications"):
+        table.add_column(column, no_wrap=column in ("model", "family"))
+    for row in rows:
+        preprocessing = row["preprocessing"]
+        if row["imagenet_preprocessing"] not in (None, preprocessing):
+            preprocessing += f" (imagenet: {row['imagenet_preprocessing']})"
+        table.add_row(row["model"], row["family"], "×".join(str(d) for d in row["input_shape"][:2]), preprocessing,
+                      row["imagenet_weights"], row["keras_application"] or "(from scratch)")
+    console = Console(width=max(120, Console().width))
+    console.print(table)
+    console.print("name models (or add --measure) for parameters, GMACs and weights size, measured from the built "
+                  "model; ImageNet weights: 'mirror' = found under $TRIPTYCH_WEIGHTS", style="dim")
+
+
 def _print_cards(profiles: list[dict[str, Any]], cards: dict[str, Any]) -> None:
     from rich.console import Console
 
     console = Console()
+    if cards.get("label"):
+        console.print(f"\n[bold]model cards[/bold] ({cards['label']})")
     seen = set()
     for p in profiles:
         family = p["family"]

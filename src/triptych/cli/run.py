@@ -6,9 +6,13 @@ import argparse
 import errno
 import os
 import re
+from pathlib import Path
 
 from triptych.cli import add_command_parser
+from triptych.config import load_config
 from triptych.errors import TriptychError
+from triptych.io import final_name
+from triptych.preflight import validate_experiments
 
 DESCRIPTION = """\
 Train and evaluate every experiment in a YAML config. Each experiment gets DIR/<name>/ with
@@ -23,6 +27,8 @@ examples:
   triptych run configs/demo.yaml --out runs/demo
   triptych run configs/cifar10.yaml --out runs/c10 --set training.epochs=30 --set data.batch_size=128
   triptych run configs/cifar10.yaml --out runs/c10 --resume
+
+every config key, with its type, default and meaning: triptych config --schema
 
 environment:
   TRIPTYCH_MIRROR  folder holding offline datasets (e.g. ../shared/datasets with cifar10/train, cifar10/test)
@@ -51,6 +57,11 @@ def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
         help="TensorFlow intra-op threads (inter-op: 2); default: TensorFlow's choice (all cores)",
     )
     parser.add_argument(
+        "--track", choices=["none", "mlflow"], default=None,
+        help="send each experiment to a tracking server (same as --set tracking=mlflow; needs pip install -e .[mlflow]); "
+        "MLFLOW_TRACKING_URI, else a local store in DIR/mlruns",
+    )
+    parser.add_argument(
         "--skip-bad",
         action="store_true",
         help="leave out image files that cannot be used (truncated, not an image, decompression bomb, ...) and list "
@@ -60,22 +71,26 @@ def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from triptych.config import load_config
-    from triptych.runner import RunOptions, run_config
+    overrides = [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])]
+    config = load_config(args.config, overrides)
+    validate_experiments(config)  # before TensorFlow loads, so that a config mistake is refused at once
+    from triptych.runner import RunOptions, run_config  # loads TensorFlow
 
-    if args.threads:  # importing triptych.training loads TensorFlow: config mistakes stay instant without it
-        from triptych.training.distribute import set_threads
-
-        set_threads(args.threads)  # before TensorFlow runs anything
-    config = load_config(args.config, [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])])
+    options = RunOptions(
+        resume=args.resume, overwrite=args.overwrite, report=not args.no_report, threads=args.threads, track=args.track
+    )
     try:
-        run_config(config, args.out, RunOptions(resume=args.resume, overwrite=args.overwrite, report=not args.no_report))
+        run_config(config, args.out, options)
     except OSError as err:
         message = storage_error(err, args.out)
         if message is None:
             raise
         raise TriptychError(message) from err
     return 0
+
+
+# The library names its Python arguments; cli/main.py puts this command's flags in their place.
+FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "threads": "--threads", "track": "--track"}
 
 
 # A full disk, a file size limit, a quota, a read-only or forbidden location: the user's to fix.
@@ -88,9 +103,9 @@ def storage_error(err: OSError, out: str) -> str | None:
         return None
     # h5py puts the file name in its message, not in err.filename.
     match = re.search(r"filename = '([^']+)'", str(err))
-    where = str(err.filename or (match.group(1) if match else None) or out)
-    # Name the file being written, not its temporary name (.NAME.XXXXXXXX.suffix, see triptych.io).
-    where = re.sub(r"(^|/)\.([^/]+?)\.[a-z0-9_]{8}(\.[^/]*)?$", r"\1\2", where)
+    where = Path(str(err.filename or (match.group(1) if match else None) or out))
+    # Name the file being written, not the temporary name of its atomic write.
+    where = where.with_name(final_name(where.name) or where.name)
     return (
         f"cannot write {where}: {os.strerror(err.errno)}; nothing half-written was kept. Free some space (or fix "
         f"the permissions), then rerun with --resume to continue from the last finished epoch"

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from triptych.data.images import decode_file, resize
-from triptych.data.images import decode_image  # noqa: F401 - re-exported, tests/test_end_to_end.py imports it here
 from triptych.data.sources import Examples
 
 AUTOTUNE = tf.data.AUTOTUNE

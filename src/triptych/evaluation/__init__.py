@@ -5,7 +5,7 @@ so metrics can be recomputed on a machine without it.
 """
 
 from triptych.evaluation.compare import mcnemar_pairwise, mcnemar_test
-from triptych.evaluation.metrics import compute_metrics, evaluate_run
+from triptych.evaluation.metrics import compute_metrics, evaluate_run, run_metrics
 from triptych.evaluation.predictions import read_predictions_csv, validate_predictions
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "mcnemar_pairwise",
     "mcnemar_test",
     "read_predictions_csv",
+    "run_metrics",
     "validate_predictions",
 ]

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from statsmodels.stats.contingency_tables import mcnemar
+
 from triptych.errors import TriptychError
 from triptych.evaluation.predictions import read_predictions_csv, validate_predictions
 from triptych.rundir import RunDir
@@ -28,9 +30,6 @@ def mcnemar_test(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, Any]
 
     ``b`` counts images only A got right, ``c`` images only B got right.
     """
-    # Imported here: statsmodels costs about a second to import and only McNemar needs it.
-    from statsmodels.stats.contingency_tables import mcnemar
-
     a, b_ = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
     table = [[int(np.sum(a & b_)), int(np.sum(a & ~b_))], [int(np.sum(~a & b_)), int(np.sum(~a & ~b_))]]
     b, c = table[0][1], table[1][0]
@@ -60,7 +59,7 @@ def mcnemar_pairwise(run_dirs: Iterable[str | Path | RunDir]) -> list[dict[str, 
     runs = [r if isinstance(r, RunDir) else RunDir(Path(r)) for r in run_dirs]
     if len({r.name for r in runs}) != len(runs):
         raise TriptychError("two run directories share a name: " + ", ".join(str(r.root) for r in runs))
-    names = display_names({r.name: str(r.read_manifest().get("model") or r.name) for r in runs})
+    names = display_names({r.name: _model_name(r) for r in runs})
     frames = {names[r.name]: read_predictions_csv(r.predictions) for r in runs}
     experiments = {names[r.name]: r.name for r in runs}
     results = mcnemar_frames(frames)
@@ -68,6 +67,11 @@ def mcnemar_pairwise(run_dirs: Iterable[str | Path | RunDir]) -> list[dict[str, 
         row["experiment_a"] = experiments[row["model_a"]]
         row["experiment_b"] = experiments[row["model_b"]]
     return results
+
+
+def _model_name(run: RunDir) -> str:
+    record = run.read_record()
+    return record.model if record else run.name
 
 
 def display_names(models: Mapping[str, str]) -> dict[str, str]:

@@ -89,11 +89,18 @@ def compute_metrics(
 
 
 def evaluate_run(run_dir: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Compute metrics from ``run_dir/predictions.csv`` and write ``run_dir/metrics.json`` atomically.
+    """Compute :func:`run_metrics` and write them to ``run_dir/metrics.json`` atomically."""
+    metrics = run_metrics(run_dir, extra)
+    atomic_write_json(RunDir(Path(run_dir)).metrics, metrics)
+    return metrics
+
+
+def run_metrics(run_dir: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The metrics of ``run_dir/predictions.csv``, as ``metrics.json`` holds them (nothing written).
 
     ``extra`` (from the trainer: ``model``, ``params``, ``train_seconds``, ...) is merged in;
     ``model``, ``params`` and ``train_seconds`` missing from it are kept from an existing
-    metrics.json, else ``model`` falls back to the manifest / directory name and the others to None.
+    metrics.json, else ``model`` falls back to the run record / directory name and the others to None.
     ``extra["class_names"]``, if given, fixes the class order.
     """
     run = RunDir(Path(run_dir))
@@ -108,15 +115,15 @@ def evaluate_run(run_dir: str | Path, extra: dict[str, Any] | None = None) -> di
     # Keep the large curve arrays at the end so the file reads well from the top.
     for key in ("roc_curves", "pr_curves"):
         metrics[key] = metrics.pop(key)
-    atomic_write_json(run.metrics, to_json_safe(metrics))
-    return metrics
+    return to_json_safe(metrics)
 
 
 def _carried_fields(run: RunDir, extra: dict[str, Any]) -> dict[str, Any]:
     previous = _read_json(run.metrics)
     carried = {key: extra.pop(key, previous.get(key)) for key in CARRIED_KEYS}
     if carried["model"] is None:
-        carried["model"] = _read_json(run.manifest).get("model") or run.name
+        record = run.read_record()
+        carried["model"] = (record.model if record else None) or run.name
     return carried
 
 

@@ -9,7 +9,7 @@ import pytest
 from triptych.errors import TriptychError
 from triptych.evaluation import mcnemar_pairwise, mcnemar_test
 from triptych.evaluation.compare import display_names, mcnemar_frames
-from triptych.evaluation.synthetic import synthetic_predictions, write_synthetic_run
+from tests.fixtures.synthetic_runs import synthetic_predictions, write_synthetic_run
 
 
 def outcomes(both: int, only_a: int, only_b: int, neither: int) -> tuple[np.ndarray, np.ndarray]:

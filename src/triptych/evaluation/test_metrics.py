@@ -20,7 +20,8 @@ from sklearn.metrics import (
 
 from triptych.errors import TriptychError
 from triptych.evaluation import compute_metrics, evaluate_run
-from triptych.evaluation.synthetic import ART_CLASSES, synthetic_predictions
+from tests.fixtures.synthetic_runs import ART_CLASSES, synthetic_predictions, synthetic_record
+from triptych.rundir import RunDir
 
 CLASSES = ["a", "b", "c"]
 
@@ -239,9 +240,9 @@ def test_evaluate_run_keeps_trainer_fields_from_previous_metrics(tmp_path):
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
 
 
-def test_evaluate_run_without_trainer_fields_uses_null_and_manifest_model(tmp_path):
+def test_evaluate_run_without_trainer_fields_uses_null_and_the_record_model(tmp_path):
     synthetic_predictions(50).to_csv(tmp_path / "predictions.csv", index=False)
-    (tmp_path / "manifest.json").write_text(json.dumps({"model": "densenet121"}))
+    RunDir(tmp_path).write_record(synthetic_record(tmp_path.name, "densenet121", "done"))
     m = evaluate_run(tmp_path)
     assert m["model"] == "densenet121" and m["params"] is None and m["train_seconds"] is None
     assert m["experiment"] == tmp_path.name

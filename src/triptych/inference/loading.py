@@ -109,7 +109,7 @@ def load(run_or_model: str | os.PathLike | LoadedModel, preprocessing: str | Non
     return LoadedModel(
         model=model,
         class_names=class_names,
-        preprocessing=_resolve_preprocessing(preprocessing, model_name, model, model_path),
+        preprocessing=_resolve_preprocessing(preprocessing, manifest.get("preprocessing"), model_name, model, model_path),
         image_size=_input_size(model, manifest, model_path),
         source=model_path,
         run_dir=run_dir,
@@ -204,7 +204,11 @@ def _input_size(model, manifest: dict[str, Any], path: Path) -> tuple[int, int]:
     raise TriptychError(f"{path}: the model accepts any image size and no manifest.json says which one it was trained at")
 
 
-def _resolve_preprocessing(explicit: str | None, model_name: str | None, model, path: Path) -> str:
+def _resolve_preprocessing(
+    explicit: str | None, recorded: str | None, model_name: str | None, model, path: Path
+) -> str:
+    """The caller's choice, else what the run recorded (it depends on the weights: ImageNet
+    resnet50 is "caffe", a from-scratch one "torch"), else the registry's default for the model."""
     from triptych.data.preprocessing import PREPROCESSORS  # imports Keras
 
     valid = sorted([*PREPROCESSORS, NO_PREPROCESSING])
@@ -212,6 +216,8 @@ def _resolve_preprocessing(explicit: str | None, model_name: str | None, model, 
         if explicit not in valid:
             raise InvalidArgumentError(f"unknown preprocessing {explicit!r}; valid: {', '.join(valid)}")
         return explicit
+    if recorded in valid:
+        return recorded
     for name in (model_name, getattr(model, "name", None)):
         if name in MODELS:
             return MODELS[name].preprocessing

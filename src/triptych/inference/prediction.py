@@ -12,7 +12,6 @@ import io
 import json
 import os
 import warnings
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +27,13 @@ from triptych.inference.loading import (
     load,
     read_image,
 )
+from triptych.models.forward import forward_function
 from triptych.progress import progress_bar
 
 PROGRESS_MIN_FILES = 64  # show a progress bar (on a terminal) from this many files on
 FORMATS = ("table", "csv", "json")
 
 # One compiled forward pass per model, for any batch size (see batch_predictor).
-_predictors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -144,20 +143,10 @@ def run_batches(
 
 
 def batch_predictor(loaded: LoadedModel) -> Callable[[np.ndarray], tf.Tensor]:
-    """The model's inference forward pass as one ``tf.function`` whose input signature leaves
-    the batch size open: it is traced once per model, whatever the batch sizes it sees (Keras's
-    ``predict_on_batch`` traces again for a new batch shape). Cached for the model's lifetime."""
-    model = loaded.model
-    if model not in _predictors:
-        height, width = loaded.image_size
-        signature = [tf.TensorSpec((None, height, width, 3), tf.float32, name="images")]
-        held = weakref.ref(model)  # a strong reference here would keep the cache's key alive forever
-
-        def forward(images: tf.Tensor) -> tf.Tensor:
-            return held()(images, training=False)
-
-        _predictors[model] = tf.function(forward, input_signature=signature)
-    return _predictors[model]
+    """The model's inference forward pass, traced once per model whatever the batch sizes it sees
+    (Keras's ``predict_on_batch`` traces again for a new batch shape)."""
+    height, width = loaded.image_size
+    return forward_function(loaded.model, (height, width, 3))
 
 
 # --------------------------------------------------------------------------- output formats

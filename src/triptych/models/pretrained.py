@@ -1,4 +1,4 @@
-"""ImageNet backbones from keras.applications (Xception, DenseNet-121) with a classification head.
+"""keras.applications backbones with a classification head, and unfreezing their top blocks.
 
 The head is GlobalAveragePooling2D -> Dropout -> Dense softmax (optionally L2-regularised:
 the seed's "regularised head"). The backbone is a nested model named ``base``. When it
@@ -9,21 +9,25 @@ the frozen-BN pitfall (keras issues 9214, 11590) cannot happen.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
 from keras import layers
 
-from triptych.errors import TriptychError
+from triptych.errors import InvalidArgumentError
+from triptych.models.blocks import BlockLayout, block_layout, select_blocks
+from triptych.models.catalog import MODELS, ModelSpec
+from triptych.models.weights import imagenet_backbone, load_weights_file
 
+# Registry name -> keras.applications builder (a seam tests replace with a tiny backbone).
 BACKBONES = {
-    "xception": keras.applications.Xception,
-    "densenet121": keras.applications.DenseNet121,
+    spec.name: getattr(keras.applications, spec.application) for spec in MODELS.values() if spec.keras_backbone
 }
 
 
 def build_pretrained(
-    arch: str,
+    spec: ModelSpec,
     num_classes: int,
     input_shape: tuple[int, int, int],
     weights: str | None,
@@ -32,7 +36,7 @@ def build_pretrained(
     l2: float = 0.0,
 ) -> keras.Model:
     """Backbone (``weights``: ``imagenet``, a weights file, or ``None`` for random) plus head."""
-    base = _backbone(arch, input_shape, weights)
+    base = _backbone(spec, input_shape, weights)
     inputs = keras.Input(shape=input_shape, name="image")
     # Pretrained: BN in inference mode for good. Random: BN must learn its statistics.
     features = base(inputs, training=False) if weights else base(inputs)
@@ -43,27 +47,19 @@ def build_pretrained(
     outputs = layers.Dense(
         num_classes, activation="softmax", kernel_regularizer=regularizer, dtype="float32", name="predictions"
     )(x)
-    return keras.Model(inputs, outputs, name=arch)
+    return keras.Model(inputs, outputs, name=spec.name)
 
 
-def _backbone(arch: str, input_shape, weights: str | None) -> keras.Model:
-    make = BACKBONES[arch]
+def _backbone(spec: ModelSpec, input_shape, weights: str | None) -> keras.Model:
+    make = BACKBONES[spec.name]
     if weights == "imagenet":
-        try:
-            base = make(include_top=False, weights="imagenet", input_shape=input_shape)
-        except Exception as err:  # download failures come as many exception types
-            raise TriptychError(
-                f"could not get ImageNet weights for {arch} ({err.__class__.__name__}); offline, pass a local "
-                "weights file (weights: path/to/file.weights.h5) or weights: null to train from random"
-            ) from err
+        base = imagenet_backbone(spec, make, input_shape)
     else:
         base = make(include_top=False, weights=None, input_shape=input_shape)
-        if not weights:
-            _faster_batchnorm_statistics(base)
         if weights:
-            from triptych.models.registry import load_weights_file
-
-            load_weights_file(base, Path(weights).expanduser())
+            load_weights_file(base, Path(weights).expanduser(), spec.name)
+        else:
+            _faster_batchnorm_statistics(base)
     base.name = "base"
     return base
 
@@ -77,44 +73,53 @@ def _faster_batchnorm_statistics(base: keras.Model) -> None:
             layer.momentum = 0.9
 
 
-def head_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The layers after the backbone (what phase 1 trains)."""
-    return [model.get_layer(name) for name in ("avg_pool", "head_dropout", "predictions")]
+def backbone_blocks(model: keras.Model) -> BlockLayout:
+    """The named blocks of the backbone of a built registry model (``model.name``)."""
+    spec = MODELS.get(model.name)
+    if spec is None or spec.blocks is None or "base" not in {layer.name for layer in model.layers}:
+        raise InvalidArgumentError(
+            f"model: {model.name!r} is not a registry model with a keras.applications backbone, so it has no "
+            "blocks to unfreeze"
+        )
+    base = model.get_layer("base")
+    return block_layout([layer.name for layer in base.layers], spec.blocks)
 
 
-def unfreeze(model: keras.Model, blocks: list[str] | None = None, last_layers: int | None = None) -> int:
-    """Make the last backbone blocks trainable (by name prefix, e.g. ``block14`` or
-    ``conv5_block16``, or the last N layers); BatchNorm layers stay frozen. Returns how many
-    layers became trainable."""
+def unfrozen_layers(
+    model: keras.Model, blocks: Sequence[str] | None = None, last_layers: int | None = None
+) -> list[str]:
+    """The backbone layers :func:`unfreeze` opens, in graph order (BatchNorm included, though it
+    stays frozen). The first is where a frozen trunk ends: everything before it never changes
+    during fine-tuning (layers after it may still read trunk outputs, e.g. residual shortcuts)."""
+    layout = backbone_blocks(model)
+    names = [layer.name for layer in model.get_layer("base").layers]
+    chosen = set(layout.layers_of(select_blocks(layout, blocks or [], model.name)))
+    if last_layers:
+        if last_layers < 1:
+            raise InvalidArgumentError(f"last_layers must be at least 1, got {last_layers}")
+        chosen.update(names[-last_layers:])
+    return [name for name in names if name in chosen]
+
+
+def first_unfrozen_layer(
+    model: keras.Model, blocks: Sequence[str] | None = None, last_layers: int | None = None
+) -> str:
+    """The name of the first backbone layer :func:`unfreeze` opens (the trunk/top split point)."""
+    opened = unfrozen_layers(model, blocks, last_layers)
+    if not opened:
+        raise InvalidArgumentError("blocks or last_layers: nothing to unfreeze; name a block, 'last N', or a count")
+    return opened[0]
+
+
+def unfreeze(model: keras.Model, blocks: Sequence[str] | None = None, last_layers: int | None = None) -> int:
+    """Make the named backbone blocks trainable (``block14``, ``conv5_block16``, a prefix such as
+    ``conv5``, or ``"last N"``) and/or the last ``last_layers`` layers; BatchNorm layers stay
+    frozen. Returns how many layers with weights became trainable."""
+    opened = set(unfrozen_layers(model, blocks, last_layers))
     base = model.get_layer("base")
     base.trainable = True
-    chosen: set[str] = set()
-    names = [layer.name for layer in base.layers]
-    if blocks:
-        for block in blocks:
-            matches = [n for n in names if n == block or n.startswith(block + "_")]
-            if not matches:
-                raise TriptychError(
-                    f"no layer of {model.name} belongs to block {block!r}; blocks look like "
-                    f"{', '.join(sorted(block_names(base))[-4:])}"
-                )
-            chosen.update(matches)
-    if last_layers:
-        chosen.update(names[-last_layers:])
     count = 0
     for layer in base.layers:
-        layer.trainable = layer.name in chosen and not isinstance(layer, layers.BatchNormalization)
+        layer.trainable = layer.name in opened and not isinstance(layer, layers.BatchNormalization)
         count += layer.trainable and bool(layer.weights)
     return count
-
-
-def block_names(base: keras.Model) -> set[str]:
-    """Block prefixes users can name: ``block14`` (Xception), ``conv5_block16`` (DenseNet)."""
-    prefixes = set()
-    for layer in base.layers:
-        parts = layer.name.split("_")
-        if parts[0].startswith("block"):
-            prefixes.add(parts[0])
-        elif len(parts) > 1 and parts[0].startswith("conv") and parts[1].startswith("block"):
-            prefixes.add(f"{parts[0]}_{parts[1]}")
-    return prefixes

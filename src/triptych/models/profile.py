@@ -25,10 +25,9 @@ from importlib import resources
 from typing import Any
 
 from triptych.errors import TriptychError
+from triptych.models.registry import build, get_spec, list_models
 
 MIB = 2**20
-# Published figures the tests check our counts against (GMACs per image at the native size).
-PUBLISHED_GMACS = {"resnet50": 4.1, "xception": 8.4, "densenet121": 2.9}
 CARD_FIELDS = ("architecture", "key_innovation", "pros", "cons", "best_use_case")
 
 
@@ -171,8 +170,6 @@ def profile_model(
     ``measure=True`` adds latency (batch 1) and throughput (batch 32) on this machine: slow
     on a CPU at native input sizes.
     """
-    from triptych.models.registry import build, get_spec
-
     spec = get_spec(name)
     shape = tuple(input_shape or spec.default_input_shape)
     model = build(name, num_classes, shape)
@@ -199,19 +196,23 @@ def measure_speed(
     batch_runs: int = 3,
 ) -> dict[str, Any]:
     """Latency at batch 1 (median ms over ``runs`` after ``warmup``) and throughput at
-    ``batch_size`` (images/s from the median batch time), with the compiled predict step."""
+    ``batch_size`` (images/s from the median batch time), with one traced forward pass for both
+    batch sizes (no retrace between them)."""
     import numpy as np
 
+    from triptych.models.forward import forward_function
+
     rng = np.random.default_rng(0)
+    forward = forward_function(model, input_shape)
 
     def median_seconds(batch: int, repeats: int) -> float:
         x = rng.random((batch, *input_shape), dtype=np.float32)
-        for _ in range(warmup):  # the first call traces and compiles the predict function
-            model.predict_on_batch(x)
+        for _ in range(warmup):  # the first call traces the forward pass
+            forward(x).numpy()
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            model.predict_on_batch(x)
+            forward(x).numpy()
             times.append(time.perf_counter() - start)
         return statistics.median(times)
 
@@ -253,38 +254,33 @@ def _cards_text() -> str:
 
 
 def load_cards() -> dict[str, Any]:
-    """The qualitative model cards (``cards.yaml``): ``{"families": {family: card}, "published": {...}}``.
-
-    Every registry family has a card with the fields of :data:`CARD_FIELDS`."""
+    """The qualitative model cards (``cards.yaml``): ``{"label": ..., "families": {family: card},
+    "published": {...}}``. Every registry family has a card with the fields of :data:`CARD_FIELDS`."""
     import yaml
-
-    from triptych.models.registry import list_models
 
     try:
         cards = yaml.safe_load(_cards_text())
     except yaml.YAMLError as err:
         raise TriptychError(f"triptych/models/cards.yaml is not valid YAML: {err}") from err
     families = cards.get("families") or {}
-    for spec in list_models():
-        card = families.get(spec.family)
-        if card is None:
-            raise TriptychError(f"cards.yaml has no card for model family {spec.family!r}")
-        missing = [f for f in CARD_FIELDS if not card.get(f)]
-        if missing:
-            raise TriptychError(f"cards.yaml: family {spec.family!r} lacks {', '.join(missing)}")
-        for key in CARD_FIELDS:
-            expected_list = key in ("pros", "cons")
-            value = card[key]
-            ok = (isinstance(value, list) and all(isinstance(v, str) for v in value)) if expected_list else (
-                isinstance(value, str))
-            if not ok:
-                what = "a list of strings (quote items that contain ': ')" if expected_list else "a string"
-                raise TriptychError(f"cards.yaml: {spec.family}.{key} must be {what}")
+    for family in sorted({spec.family for spec in list_models()}):
+        _check_card(family, families.get(family))
     return cards
 
 
-def card_for(name: str) -> dict[str, Any]:
-    """The card of the family of registry model ``name``."""
-    from triptych.models.registry import get_spec
-
-    return load_cards()["families"][get_spec(name).family]
+def _check_card(family: str, card: dict[str, Any] | None) -> None:
+    if card is None:
+        raise TriptychError(f"cards.yaml has no card for model family {family!r}")
+    missing = [f for f in CARD_FIELDS if not card.get(f)]
+    if missing:
+        raise TriptychError(f"cards.yaml: family {family!r} lacks {', '.join(missing)}")
+    for key in CARD_FIELDS:
+        expected_list = key in ("pros", "cons")
+        value = card[key]
+        if expected_list:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            what = "a list of strings (quote items that contain ': ')" if expected_list else "a string"
+            raise TriptychError(f"cards.yaml: {family}.{key} must be {what}")

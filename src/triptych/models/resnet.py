@@ -15,9 +15,13 @@ start with a stride-2 block.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 from keras import layers
+
+from triptych.models.catalog import ModelSpec
+from triptych.models.weights import imagenet_backbone, load_weights_file
 
 STAGE_FILTERS = (64, 128, 256, 512)
 BOTTLENECK_EXPANSION = 4
@@ -104,6 +108,33 @@ def ResNet(
         # float32 even under mixed precision: a 16-bit softmax saturates and its log underflows.
         x = layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, x, name=name or depth)
+
+
+def build_resnet(
+    spec: ModelSpec, num_classes: int, input_shape: tuple[int, int, int], weights: str | None, **options
+) -> keras.Model:
+    """The registry's builder: ``weights`` ``None`` (random), ``"imagenet"`` (resnet50: a copy of
+    keras.applications.ResNet50's weights, see :func:`_imagenet_resnet50`) or a weights file."""
+    if weights == "imagenet":
+        return _imagenet_resnet50(spec, num_classes, input_shape, **options)
+    model = ResNet(spec.name, num_classes, input_shape, **options)
+    if weights:
+        load_weights_file(model, Path(weights).expanduser(), spec.name)
+    return model
+
+
+def _imagenet_resnet50(spec: ModelSpec, num_classes: int, input_shape, **options) -> keras.Model:
+    """ResNet-50 with ``keras_compat`` is keras.applications.ResNet50 layer for layer: copy its
+    ImageNet weights (which expect "caffe" preprocessing: ``spec.preprocessing_for("imagenet")``)."""
+    options = {**options, "keras_compat": True}
+    reference = imagenet_backbone(spec, keras.applications.ResNet50, input_shape)
+    model = ResNet(spec.name, num_classes, input_shape, **options)
+    backbone = ResNet(spec.name, num_classes, input_shape, include_top=False, **options)
+    backbone.set_weights(reference.get_weights())
+    for layer in backbone.layers:
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+    return model
 
 
 def _conv(x, filters: int, kernel: int, stride: int, name: str, style: _Style):

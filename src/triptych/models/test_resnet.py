@@ -103,7 +103,7 @@ def test_weights_of_wrong_architecture_name_the_file(tmp_path):
     small = build("resnet18", 10, (32, 32, 3), stem="cifar")
     path = tmp_path / "r18.weights.h5"
     small.save_weights(str(path))
-    with pytest.raises(TriptychError, match=r"r18\.weights\.h5 does not fit resnet34"):
+    with pytest.raises(TriptychError, match=r"r18\.weights\.h5 does not fit model resnet34"):
         build("resnet34", 10, (32, 32, 3), weights=str(path), stem="cifar")
 
 

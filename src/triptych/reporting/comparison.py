@@ -2,7 +2,7 @@
 
 Each row joins what a run directory holds -- test metrics (``metrics.json``), the model's
 measured profile (``profile.json``: parameters, multiply-adds, latency, throughput), training
-time and peak memory (``manifest.json``) -- with the qualitative model card of the run's
+time and peak memory (the run record, ``manifest.json``) -- with the qualitative model card of the run's
 family (``triptych/models/cards.yaml``). Beside the rows: pairwise McNemar p-values on the
 shared test images, and the seed study's published numbers, labelled as measured on
 *different data* so they are never read as comparable with ours.
@@ -13,18 +13,21 @@ its row. Nothing here imports TensorFlow.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from statsmodels.stats.multitest import multipletests
+
 from triptych.errors import TriptychError
-from triptych.evaluation.compare import display_names, mcnemar_pairwise
+from triptych.evaluation.compare import mcnemar_pairwise
 from triptych.io import atomic_write_json
-from triptych.rundir import RunDir
+from triptych.models.profile import load_cards
+from triptych.models.registry import get_spec
+from triptych.reporting.runs import RunView, load_views, read_profile
+from triptych.rundir import RunDir, RunRecord
 
 ALPHA = 0.05
-PROFILE_FILE = "profile.json"
 CARD_FIELDS = ("architecture", "key_innovation", "pros", "cons", "best_use_case")
 # Every row has exactly these keys (null where unknown), in this order.
 ROW_KEYS = (
@@ -40,24 +43,26 @@ PUBLISHED_LABEL = "published, different data"
 PUBLISHED_IMAGES = "~20,000 WikiArt images"
 
 
-def write_comparison(runs: Iterable[Any], out_json: str | Path) -> dict[str, Any]:
+def write_comparison(runs: Iterable[RunView | RunDir | str | Path], out_json: str | Path) -> dict[str, Any]:
     """Write ``out_json`` (``comparison.json``) for the finished runs among ``runs`` and return it.
 
     ``runs`` holds experiment directories (``RunDir`` or paths; an output directory stands for
-    its experiments) or the report's already loaded ``RunView`` objects. Runs that are not
-    finished (status not ``done``, or no readable metrics) get no row.
+    its experiments) or already loaded :class:`RunView` objects. Runs that are not finished
+    (status not ``done``, or no readable metrics) get no row.
     """
-    data = comparison_data(_views(runs))
+    runs = list(runs)
+    views = [r for r in runs if isinstance(r, RunView)]
+    paths = [r.root if isinstance(r, RunDir) else r for r in runs if not isinstance(r, RunView)]
+    data = comparison_data(views + (load_views(paths) if paths else []))
     atomic_write_json(out_json, data)
     return data
 
 
-def comparison_data(views: list[Any]) -> dict[str, Any]:
-    """The comparison of loaded runs (objects with ``run``, ``label``, ``manifest``, ``metrics``
-    and ``finished``, i.e. the report's ``RunView``)."""
+def comparison_data(views: list[RunView]) -> dict[str, Any]:
+    """The comparison of loaded runs."""
     finished = [v for v in views if v.finished]
     cards, cards_problem = _cards()
-    rows = [comparison_row(v.run, v.manifest, v.metrics, label=v.label, cards=cards) for v in finished]
+    rows = [comparison_row(v.run, v.record, v.metrics, label=v.label, cards=cards) for v in finished]
     return {
         "rows": rows,
         "mcnemar": mcnemar_summary(finished),
@@ -78,7 +83,7 @@ def comparison_data(views: list[Any]) -> dict[str, Any]:
 
 def comparison_row(
     run: RunDir,
-    manifest: dict[str, Any],
+    record: RunRecord,
     metrics: dict[str, Any],
     *,
     label: str | None = None,
@@ -86,8 +91,8 @@ def comparison_row(
 ) -> dict[str, Any]:
     """One model's row: every key of :data:`ROW_KEYS`, ``None`` where the run did not record it."""
     profile = read_profile(run)[0] or {}
-    model = manifest.get("model") or metrics.get("model")
-    family = model_family(manifest, model)
+    model = record.model or metrics.get("model")
+    family = model_family(record, model)
     macs = _first(profile.get("macs"))
     gmacs = _first(profile.get("gmacs"), None if macs is None else round(macs / 1e9, 3))
     if macs is None and gmacs is not None:
@@ -106,51 +111,35 @@ def comparison_row(
         "macro_auc": _first(metrics.get("macro_auc"), (metrics.get("roc_auc") or {}).get("macro")),
         "macro_auc_ci95": metrics.get("macro_auc_ci95"),
         "ece": _first(metrics.get("ece"), (metrics.get("calibration") or {}).get("ece")),
-        "params": _first(profile.get("params"), metrics.get("params"), manifest.get("params")),
+        "params": _first(profile.get("params"), metrics.get("params")),
         "trainable_params": _first(profile.get("trainable_params"), metrics.get("trainable_params")),
         "macs": macs,
         "gmacs": gmacs,
         "flops": None if macs is None else 2 * int(macs),
         "gflops": None if macs is None else round(2 * macs / 1e9, 3),
         "weights_mb": profile.get("weights_mb"),
-        "image_size": _first(profile.get("image_size"), manifest.get("image_size"),
+        "image_size": _first(profile.get("image_size"), record.image_size,
                              (profile.get("input_shape") or [None])[0]),
         "latency_ms": profile.get("latency_ms"),
         "throughput": _first(profile.get("throughput_img_s"), profile.get("throughput")),
         "batch_size": profile.get("batch_size"),
         "device": profile.get("device"),
-        "train_seconds": _first(metrics.get("train_seconds"), manifest.get("train_seconds")),
-        "peak_memory_mb": _first(manifest.get("peak_rss_mb"), manifest.get("peak_memory_mb")),
-        "weights": _first(manifest.get("weights"), manifest.get("weights_origin")),
-        "expected_pretrained": manifest.get("expected_pretrained"),
-        "weights_note": manifest.get("weights_note"),
+        "train_seconds": _first(metrics.get("train_seconds"), record.train_seconds),
+        "peak_memory_mb": record.peak_rss_mb,
+        "weights": record.weights,
+        "expected_pretrained": record.expected_pretrained,
+        "weights_note": record.weights_note,
         **{key: card.get(key) for key in CARD_FIELDS},
     }
     return {key: row[key] for key in ROW_KEYS}
 
 
-def read_profile(run: RunDir) -> tuple[dict[str, Any] | None, str | None]:
-    """``profile.json`` of a run, and a problem sentence when it exists but cannot be read."""
-    path = run.root / PROFILE_FILE
-    if not path.is_file():
-        return None, None
-    try:
-        profile = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, OSError, UnicodeDecodeError) as err:
-        return None, f"{PROFILE_FILE} unreadable: {err}"
-    if not isinstance(profile, dict):
-        return None, f"{PROFILE_FILE} is not a JSON object"
-    return profile, None
-
-
-def model_family(manifest: dict[str, Any], model: str | None) -> str | None:
-    """The registry family of a run: the manifest's ``family``, else the registry's."""
-    if manifest.get("family"):
-        return str(manifest["family"])
+def model_family(record: RunRecord, model: str | None) -> str | None:
+    """The registry family of a run: the record's ``family``, else the registry's."""
+    if record.family:
+        return record.family
     if not model:
         return None
-    from triptych.models.registry import get_spec  # stdlib only at import: no TensorFlow
-
     try:
         return get_spec(str(model)).family
     except TriptychError:
@@ -161,7 +150,8 @@ def mcnemar_summary(finished: list[Any]) -> dict[str, Any]:
     """Pairwise McNemar tests of the finished runs that have a ``predictions.csv``.
 
     ``pairs`` holds, per pair, the images only A / only B classified correctly, the test used,
-    the p-value and its Holm-adjusted value; ``error`` says why there are none."""
+    the p-value and its Holm-adjusted value (which ``significant`` is judged on); ``error`` says
+    why there are none."""
     paired = [v for v in finished if v.run.predictions.is_file()]
     result: dict[str, Any] = {
         "alpha": ALPHA,
@@ -179,8 +169,6 @@ def mcnemar_summary(finished: list[Any]) -> dict[str, Any]:
     except TriptychError as err:
         result["error"] = str(err)
         return result
-    from statsmodels.stats.multitest import multipletests  # slow import, needed only here
-
     views = {v.run.name: v for v in paired}
     holm = multipletests([t["p_value"] for t in tests], method="holm")[1]
     for t, adjusted in zip(tests, holm):
@@ -189,7 +177,8 @@ def mcnemar_summary(finished: list[Any]) -> dict[str, Any]:
             "experiment_a": a.run.name, "experiment_b": b.run.name, "model_a": a.label, "model_b": b.label,
             "n": t["n"], "only_a_right": t["b"], "only_b_right": t["c"], "exact": bool(t["exact"]),
             "statistic": t["statistic"], "p_value": t["p_value"], "p_holm": float(adjusted),
-            "significant": t["p_value"] < ALPHA,
+            # Several pairs are several tests: significance is judged on the Holm-adjusted p-value.
+            "significant": float(adjusted) < ALPHA,
         })
     return result
 
@@ -218,28 +207,10 @@ def published_reference(cards: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _cards() -> tuple[dict[str, Any] | None, str | None]:
-    from triptych.models.profile import load_cards  # reads YAML; imports no TensorFlow
-
     try:
         return load_cards(), None
     except (TriptychError, OSError) as err:
         return None, f"model cards unavailable: {err}"
-
-
-def _views(runs: Iterable[Any]) -> list[Any]:
-    """Loaded views for ``runs``: the report's ``RunView`` objects as given, paths loaded."""
-    from triptych.reporting.report import load_run, resolve_runs  # report.py imports this module
-
-    runs = list(runs)
-    views = [r for r in runs if hasattr(r, "finished")]
-    paths = [r.root if isinstance(r, RunDir) else r for r in runs if not hasattr(r, "finished")]
-    if paths:
-        loaded = [load_run(run) for run in resolve_runs(paths)]
-        labels = display_names({v.run.name: str(v.manifest.get("model") or v.run.name) for v in loaded})
-        for view in loaded:
-            view.label = labels[view.run.name]
-        views.extend(loaded)
-    return views
 
 
 def _number(value: Any) -> float | None:

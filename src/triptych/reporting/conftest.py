@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from triptych.evaluation.synthetic import write_synthetic_diagrams, write_synthetic_run
+from tests.fixtures.synthetic_runs import write_synthetic_diagrams, write_synthetic_run
 
 # experiment -> (model, skill); both finished, with profile.json, gradcam/ and diagrams.
 MODELS = {"resnet50_scratch": ("resnet50", 1.0), "xception_ft": ("xception", 2.2)}
@@ -23,11 +23,11 @@ WEIGHTS_NOTE = "imagenet: could not download ImageNet weights for xception (URLE
 def out_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
     write_synthetic_run(root, "resnet50_scratch", model="resnet50", skill=1.0, seed=1, extras=True,
-                        manifest={"weights": "random", "expected_pretrained": False})
+                        record={"weights": "random", "expected_pretrained": False})
     # no metrics.json (the report computes it) and random weights where pretrained ones were expected
     write_synthetic_run(root, "xception_ft", model="xception", skill=2.2, seed=2, evaluate=False, extras=True,
-                        manifest={"weights": "random", "expected_pretrained": True, "weights_note": WEIGHTS_NOTE})
-    write_synthetic_run(root, FAILED[0], model=FAILED[1], status="failed", manifest={"reason": FAILED[2]})
+                        record={"weights": "random", "expected_pretrained": True, "weights_note": WEIGHTS_NOTE})
+    write_synthetic_run(root, FAILED[0], model=FAILED[1], status="failed", record={"reason": FAILED[2]})
     write_synthetic_run(root, RUNNING[0], model=RUNNING[1], status="running")
     write_synthetic_diagrams(root, [model for model, _ in MODELS.values()])
     return root

@@ -1,11 +1,9 @@
 """Build one self-contained ``report.html`` from saved run directories, without retraining.
 
-Only runs whose manifest says ``done`` are read as finished; the rest are listed as running or
-failed (with the reason). A finished run without ``metrics.json`` (or with one older than its
-``predictions.csv``) gets its metrics computed first. Figures are embedded as base64 PNG data
-URIs and the CSS is inline, so the file opens anywhere with no network; the PNG and SVG files are
-also saved under each run's ``plots/`` and, for the comparison figures, in ``<report name>_plots/``
-beside the report.
+The runs are read by :mod:`triptych.reporting.runs` (read only: a report never writes into a run
+directory). Figures are embedded as base64 PNG data URIs and the CSS is inline, so the file opens
+anywhere with no network; the PNG and SVG files are also saved in ``<report name>_plots/``
+beside the report (one folder per experiment, the comparison figures at its top).
 
 Optional inputs, shown when present: each run's ``profile.json`` (parameters, multiply-adds,
 latency, throughput) and ``gradcam/gradcam.json`` (overlays of the most confident mistakes), and
@@ -20,22 +18,17 @@ import json
 import re
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from triptych import __version__
-from triptych.errors import TriptychError
-from triptych.evaluation.compare import display_names
-from triptych.evaluation.metrics import compute_metrics, evaluate_run
-from triptych.evaluation.predictions import read_predictions_csv
 from triptych.io import atomic_write_text
-from triptych.reporting import format as fmt
-from triptych.reporting.comparison import ALPHA, CARD_FIELDS, mcnemar_summary, read_profile, write_comparison
+import triptych.reporting.format as fmt
+from triptych.reporting.comparison import ALPHA, CARD_FIELDS, mcnemar_summary, write_comparison
 from triptych.reporting.plots import (
     RUN_FIGURES,
     plot_roc_comparison,
@@ -44,7 +37,8 @@ from triptych.reporting.plots import (
     run_figures,
     save_figure,
 )
-from triptych.rundir import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING, RunDir, experiment_dirs
+from triptych.reporting.runs import EmbeddedFigure, RunView, load_views
+from triptych.rundir import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING, DataInfo, FeatureCacheInfo, RunDir, RunRecord
 
 TEMPLATES = Path(__file__).parent / "templates"
 DIAGRAMS_DIR = "diagrams"
@@ -52,55 +46,17 @@ GRADCAM_DIR = "gradcam"
 MAX_EMBED_BYTES = 8 * 2**20  # a bigger image file is left out of the report (with a note)
 MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 CONFIG_EXCERPT_LINES = 30
-# metrics.json keys the report draws from; an older file without them is recomputed.
-REQUIRED_METRICS = ("class_names", "accuracy", "per_class", "confusion_matrix", "roc_auc", "roc_curves", "calibration")
-
-
-@dataclass
-class EmbeddedFigure:
-    """A rendered figure as the report shows it."""
-
-    caption: str
-    data_uri: str
-    wide: bool = False  # wider than tall: the report gives it a whole row
-
-
-@dataclass
-class RunView:
-    """Everything the template shows about one experiment."""
-
-    run: RunDir
-    label: str = ""
-    manifest: dict[str, Any] = field(default_factory=dict)
-    status: str = "unknown"
-    reason: str | None = None
-    metrics: dict[str, Any] | None = None
-    history: pd.DataFrame | None = None
-    figures: list[EmbeddedFigure] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    profile: dict[str, Any] | None = None
-    diagrams: list[EmbeddedFigure] = field(default_factory=list)
-    gradcam: dict[str, Any] | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status == STATUS_DONE and self.metrics is not None
-
-    @property
-    def anchor(self) -> str:
-        return "run-" + "".join(ch if ch.isalnum() else "-" for ch in self.run.name)
 
 
 def build_report(run_dirs: Iterable[str | Path], out: str | Path, title: str = "triptych report") -> Path:
     """Write ``out`` (one self-contained HTML file) for the given experiment or output dirs."""
     out = Path(out)
-    views = [load_run(run) for run in resolve_runs(run_dirs)]
-    labels = display_names({v.run.name: str(v.manifest.get("model") or v.run.name) for v in views})
+    plots_dir = out.with_name(out.stem + "_plots")
+    views = load_views(run_dirs)
     diagram_dirs = [out.parent / DIAGRAMS_DIR, *(v.run.root.parent / DIAGRAMS_DIR for v in views)]
     for view in views:
-        view.label = labels[view.run.name]
         if view.finished:
-            view.figures = _run_figures(view)
+            view.figures = _run_figures(view, plots_dir / view.run.name)
             view.diagrams = _diagrams(view, diagram_dirs)
             view.gradcam = _gradcam(view)
     finished = [v for v in views if v.finished]
@@ -113,128 +69,27 @@ def build_report(run_dirs: Iterable[str | Path], out: str | Path, title: str = "
         "finished": finished,
         "overview": [_overview_row(v) for v in views],
         "sections": [_section(v) for v in finished],
-        "comparison": _comparison(finished, data, out.with_name(out.stem + "_plots")),
+        "comparison": _comparison(finished, data, plots_dir),
+        "tensorboard": _tensorboard_commands(views),
     }
     html = _environment().get_template("report.html.j2").render(**context)
     return atomic_write_text(out, html)
 
 
-# --- finding and loading runs ------------------------------------------------------------------
+def _tensorboard_commands(views: list[RunView]) -> list[str]:
+    """``tensorboard --logdir DIR`` for each folder whose runs logged TensorBoard scalars."""
+    folders = dict.fromkeys(v.run.root.parent for v in views if v.run.tensorboard_dir.is_dir())
+    return [f"tensorboard --logdir {folder}" for folder in folders]
 
 
-def resolve_runs(paths: Iterable[str | Path]) -> list[RunDir]:
-    """Experiment dirs for each path: the path itself if it has a manifest, else its experiment subdirs."""
-    runs: dict[Path, RunDir] = {}
-    for path in map(Path, paths):
-        if not path.is_dir():
-            raise TriptychError(f"{path}: not a directory")
-        found = [RunDir(path)] if (path / "manifest.json").is_file() else experiment_dirs(path)
-        if not found:
-            raise TriptychError(f"{path}: not a run directory (no manifest.json) and has no experiment subdirectories")
-        runs.update((r.root.resolve(), r) for r in found)
-    if not runs:
-        raise TriptychError("no run directories given")
-    names = [r.name for r in runs.values()]
-    if len(set(names)) != len(names):
-        raise TriptychError(f"two run directories share an experiment name ({sorted(names)}); report them separately")
-    return list(runs.values())
-
-
-def load_run(run: RunDir) -> RunView:
-    view = RunView(run=run)
-    try:
-        view.manifest = run.read_manifest()
-    except (json.JSONDecodeError, OSError) as err:
-        view.problems.append(f"manifest.json unreadable: {err}")
-    view.status = str(view.manifest.get("status") or "unknown")
-    view.reason = view.manifest.get("reason")
-    view.history = _read_history(view)
-    if view.status == STATUS_DONE:
-        view.metrics = _load_metrics(view)
-        view.profile, problem = read_profile(run)
-        if problem:
-            view.problems.append(problem)
-    return view
-
-
-def _read_history(view: RunView) -> pd.DataFrame | None:
-    if not view.run.history.is_file():
-        if view.status == STATUS_DONE:
-            view.problems.append("history.csv missing: no training curves")
-        return None
-    try:
-        history = pd.read_csv(view.run.history)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        view.problems.append(f"history.csv unreadable: {err}")
-        return None
-    if "epoch" not in history:
-        history.insert(0, "epoch", range(1, len(history) + 1))
-    return history
-
-
-def _load_metrics(view: RunView) -> dict[str, Any] | None:
-    """metrics.json, (re)computed from predictions.csv when missing, stale or incomplete."""
-    metrics = _read_metrics_json(view)
-    if _needs_evaluation(view.run, metrics):
-        try:
-            metrics = _evaluate(view)
-        except TriptychError as err:
-            view.problems.append(f"cannot evaluate: {err}")
-            return None
-    if metrics is None:
-        if not view.problems:
-            view.problems.append("finished, but neither metrics.json nor predictions.csv exists")
-        return None
-    missing = [key for key in REQUIRED_METRICS if key not in metrics]
-    if missing:
-        view.problems.append(f"metrics.json lacks {', '.join(missing)} and there is no predictions.csv to recompute it")
-        return None
-    return metrics
-
-
-def _read_metrics_json(view: RunView) -> dict[str, Any] | None:
-    if not view.run.metrics.is_file():
-        return None
-    try:
-        metrics = json.loads(view.run.metrics.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        if not view.run.predictions.is_file():
-            view.problems.append(f"metrics.json is not valid JSON ({err}) and there is no predictions.csv")
-        return None
-    return metrics if isinstance(metrics, dict) else None
-
-
-def _evaluate(view: RunView) -> dict[str, Any]:
-    extra = _extra_from_manifest(view.manifest)
-    try:
-        return evaluate_run(view.run.root, extra)
-    except OSError as err:  # read-only run dir: compute for the report, save nothing
-        view.problems.append(f"could not write metrics.json ({err.strerror}); computed for this report only")
-        metrics = compute_metrics(read_predictions_csv(view.run.predictions))
-        return {"model": extra.get("model"), "params": extra.get("params"), "train_seconds": extra.get("train_seconds"), **metrics}
-
-
-def _needs_evaluation(run: RunDir, metrics: dict[str, Any] | None) -> bool:
-    if not run.predictions.is_file():
-        return False
-    if metrics is None or any(key not in metrics for key in REQUIRED_METRICS):
-        return True
-    # predictions.csv rewritten after metrics.json: the saved numbers are stale.
-    return run.predictions.stat().st_mtime > run.metrics.stat().st_mtime
-
-
-def _extra_from_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
-    return {k: manifest[k] for k in ("model", "params", "train_seconds") if manifest.get(k) is not None}
-
-
-def _run_figures(view: RunView) -> list[EmbeddedFigure]:
+def _run_figures(view: RunView, folder: Path) -> list[EmbeddedFigure]:
     figures = []
     for name, fig in run_figures(view.metrics, view.history, view.label).items():
         rendered = render(fig)
         try:
-            save_figure(rendered, view.run.plots / name)
-        except OSError as err:  # a read-only run dir still gets its report
-            view.problems.append(f"could not save plots/{name}.png|svg: {err}")
+            save_figure(rendered, folder / name)
+        except OSError as err:  # the embedded copy is what matters
+            view.problems.append(f"could not save {folder.name}/{name}.png|svg: {err}")
         figures.append(EmbeddedFigure(RUN_FIGURES[name], _data_uri(rendered.png)))
     return figures
 
@@ -281,7 +136,7 @@ def _diagrams(view: RunView, folders: list[Path]) -> list[EmbeddedFigure]:
     folder that has any (beside the report, else beside the run). The PNG is preferred: graphviz
     renders it itself, while its SVG places sub- and superscripts for its own font metrics, so
     they overlap in a browser; the SVG is the fallback."""
-    model = str(view.manifest.get("model") or "")
+    model = view.model
     if not model:
         return []
     for folder in dict.fromkeys(folders):  # in order, without repeats
@@ -371,83 +226,57 @@ def _section(view: RunView) -> dict[str, Any]:
     m = view.metrics
     return {
         "view": view,
-        "info": _manifest_info(view),
-        "weights_warning": _weights_warning(view.manifest),
-        "data_note": _data_note(view.manifest),
+        "info": _record_info(view),
+        "weights_warning": _weights_warning(view.record),
+        "data_note": view.record.data.note if view.record.data else None,
         "profile": _profile_rows(view.profile),
         "config": _config_excerpt(view.run),
-        "manifest_json": json.dumps(view.manifest, indent=2, default=str),
+        "manifest_json": json.dumps(view.record.model_dump(mode="json"), indent=2),
         "summary": _summary(m),
         "report_rows": _report_rows(m),
         "notes": m.get("notes", []),
     }
 
 
-# Manifest fields shown at the top of a model's section: label -> candidate keys.
-_INFO_FIELDS = {
-    "model": ("model",),
-    "family": ("family",),
-    "weights": ("weights", "weights_origin"),
-    "weights note": ("weights_note",),
-    "seed": ("seed",),
-    "image size": ("image_size",),
-    "data": ("data", "dataset", "data_dir", "data_source"),
-    "data fingerprint": ("data_fingerprint", "data_sha256"),
-    "phases done": ("phases_done",),
-    "feature cache": ("feature_cache",),
-    "started": ("started_at", "start_time", "started"),
-    "ended": ("ended_at", "end_time", "ended", "finished_at", "finished"),
-    "git sha": ("git_sha", "git_commit"),
-    "versions": ("versions",),
-}
-
-
-def _manifest_info(view: RunView) -> list[tuple[str, fmt.Cell]]:
-    rows = [("experiment", fmt.Cell(view.run.name))]
-    for label, keys in _INFO_FIELDS.items():
-        value = next((view.manifest[k] for k in keys if view.manifest.get(k) is not None), None)
-        if value is None or (label == "weights note" and _weights_warning(view.manifest)):
-            continue  # the red warning above the section already says it
-        if label == "image size" and isinstance(value, (int, float)):
-            rows.append((label, fmt.image_size(value)))
-        elif label == "data" and isinstance(value, dict):
-            rows.append((label, fmt.Cell(_data_text(value))))
-        elif label == "feature cache" and isinstance(value, dict):
-            rows.append((label, fmt.Cell(_feature_cache_text(value))))
-        else:
-            rows.append((label, fmt.Cell(_plain(value))))
+def _record_info(view: RunView) -> list[tuple[str, fmt.Cell]]:
+    """The run record at the top of a finished model's section (fields it does not have left out)."""
+    r = view.record
+    warned = _weights_warning(r) is not None  # the red warning above the section already gives the note
+    values: list[tuple[str, Any]] = [
+        ("experiment", view.run.name),
+        ("model", r.model),
+        ("family", r.family),
+        ("weights", r.weights),
+        ("weights note", None if warned else r.weights_note),
+        ("seed", r.seed),
+        ("image size", None if r.image_size is None else fmt.image_size(r.image_size)),
+        ("data", None if r.data is None else _data_text(r.data)),
+        ("phases done", ", ".join(r.phases_done) or None),
+        ("feature cache", None if r.feature_cache is None else _feature_cache_text(r.feature_cache)),
+        ("started", r.started),
+        ("ended", r.finished),
+        ("git sha", r.git_sha),
+        ("versions", ", ".join(f"{k} {v}" for k, v in r.versions.items()) or None),
+    ]
+    rows = [(label, v if isinstance(v, fmt.Cell) else fmt.Cell(str(v))) for label, v in values if v is not None]
     rows.append(("training time", fmt.duration(_trainer_field(view, "train_seconds"))))
     rows.append(("parameters", fmt.params(_trainer_field(view, "params"))))
-    if view.manifest.get("peak_rss_mb") is not None:
-        rows.append(("peak memory", fmt.Cell(f"{float(view.manifest['peak_rss_mb']):,.0f} MB",
+    if r.peak_rss_mb is not None:
+        rows.append(("peak memory", fmt.Cell(f"{r.peak_rss_mb:,.0f} MB",
                                              title="peak resident memory (RSS) of the training process")))
     return rows
 
 
-def _data_text(data: dict[str, Any]) -> str:
+def _data_text(data: DataInfo) -> str:
     """``cifar10: 900 train / 100 val / 300 test images`` (the fingerprints stay in the manifest)."""
-    counts = " / ".join(f"{data[k]:,} {k}" for k in ("train", "val", "test") if isinstance(data.get(k), int))
-    origin = data.get("origin") or data.get("name") or data.get("path")
-    text = ": ".join(str(x) for x in (origin, counts and counts + " images") if x)
-    return text or _plain({k: v for k, v in data.items() if k not in ("fingerprint", "note")})
+    return f"{data.origin}: {data.train:,} train / {data.val:,} val / {data.test:,} test images"
 
 
-def _data_note(manifest: dict[str, Any]) -> str | None:
-    data = manifest.get("data")
-    return str(data["note"]) if isinstance(data, dict) and data.get("note") else None
-
-
-def _feature_cache_text(cache: dict[str, Any]) -> str:
-    parts = ["reused from the cache" if cache.get("hit") else "computed"]
-    shape = cache.get("train_features")
-    if isinstance(shape, (list, tuple)) and shape:
-        parts.append("train features " + "×".join(f"{int(d):,}" for d in shape))
-    details = [str(cache["dtype"])] if cache.get("dtype") else []
-    if cache.get("views") is not None:
-        details.append(f"{cache['views']} view{'s' if cache['views'] != 1 else ''}")
-    if cache.get("seconds") is not None:
-        details.append(f"{float(cache['seconds']):.1f} s")
-    return ", ".join(parts) + (f" ({', '.join(details)})" if details else "")
+def _feature_cache_text(cache: FeatureCacheInfo) -> str:
+    shape = "×".join(f"{d:,}" for d in cache.train_features)
+    views = f"{cache.views} view{'s' if cache.views != 1 else ''}"
+    where = "reused from the cache" if cache.hit else "computed"
+    return f"{where}, train features {shape} ({cache.dtype}, {views}, {cache.seconds:.1f} s)"
 
 
 def _profile_rows(profile: dict[str, Any] | None) -> list[tuple[str, fmt.Cell]]:
@@ -472,19 +301,12 @@ def _profile_rows(profile: dict[str, Any] | None) -> list[tuple[str, fmt.Cell]]:
 
 
 def _trainer_field(view: RunView, key: str) -> Any:
-    """``params`` / ``train_seconds``: from metrics.json, else the manifest, else profile.json, else None."""
-    for source in (view.metrics, view.manifest, view.profile):
+    """``params`` / ``train_seconds``: from metrics.json, else the run record, else profile.json, else None."""
+    record = view.record.model_dump() if view.record else {}
+    for source in (view.metrics, record, view.profile):
         if (source or {}).get(key) is not None:
             return source[key]
     return None
-
-
-def _plain(value: Any) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_plain(v)}" for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return ", ".join(map(_plain, value))
-    return str(value)
 
 
 def _short_weights(origin: str) -> str:
@@ -493,16 +315,12 @@ def _short_weights(origin: str) -> str:
     return "local file" if origin.startswith("local file") else origin
 
 
-def _weights_warning(manifest: dict[str, Any]) -> str | None:
-    """A red warning when the weights are not what the model expected, with the trainer's reason."""
-    if manifest.get("weights_warning"):
-        text = str(manifest["weights_warning"])
-    elif manifest.get("weights") == "random" and manifest.get("expected_pretrained") is True:
-        text = "pretrained weights were expected, but this model was trained from random initialisation"
-    else:
+def _weights_warning(record: RunRecord) -> str | None:
+    """A red warning when the weights are not what the model expected, with the runner's reason."""
+    if record.weights != "random" or record.expected_pretrained is not True:
         return None
-    note = manifest.get("weights_note")
-    return f"{text}. Why: {note}" if note and str(note) not in text else text
+    text = "pretrained weights were expected, but this model was trained from random initialisation"
+    return f"{text}. Why: {record.weights_note}" if record.weights_note else text
 
 
 def _config_excerpt(run: RunDir) -> str | None:
@@ -616,7 +434,7 @@ def _comparison_rows(finished: list[RunView], data_rows: list[dict[str, Any]]) -
     for v in finished:
         m, d = v.metrics, by_experiment[v.run.name]
         device = f" on {d['device']}" if d.get("device") else ""
-        warning = _weights_warning(v.manifest)
+        warning = _weights_warning(v.record)
         cells = {
             "accuracy": fmt.with_ci(m.get("accuracy"), m.get("accuracy_ci95")),
             "macro_f1": fmt.with_ci(m.get("macro_f1"), m.get("macro_f1_ci95")),
@@ -673,23 +491,26 @@ def _mcnemar_view(summary: dict[str, Any]) -> dict[str, Any] | None:
     rows = [{
         "a": r["model_a"], "b": r["model_b"], "n": r["n"], "only_a": r["only_a_right"], "only_b": r["only_b_right"],
         "exact": r["exact"], "statistic": fmt.number(r["statistic"], 3), "p": fmt.p_value(r["p_value"]),
-        "p_holm": fmt.p_value(r["p_holm"]), "significant": r["significant"], "p_value": r["p_value"],
+        "p_holm": fmt.p_value(r["p_holm"]), "significant": r["significant"], "p_holm_value": r["p_holm"],
     } for r in summary["pairs"]]
     sentence = _mcnemar_sentence(rows) if rows else ""
     return {"error": summary["error"], "rows": rows, "sentence": sentence, "left_out": summary["left_out"]}
 
 
+HOLM = "p-values Holm-adjusted for the number of pairs"
+
+
 def _mcnemar_sentence(rows: list[dict[str, Any]]) -> str:
     significant = [r for r in rows if r["significant"]]
     if not significant:
-        return f"No difference between the models is significant at {ALPHA} (McNemar's test, uncorrected)."
+        return f"No difference between the models is significant at {ALPHA} (McNemar's test, {HOLM})."
     parts = []
     for r in significant:
         better, worse = (r["a"], r["b"]) if r["only_a"] > r["only_b"] else (r["b"], r["a"])
-        parts.append(f"{better} makes fewer errors than {worse} ({fmt.p_text(r['p_value'])})")
+        parts.append(f"{better} makes fewer errors than {worse} (Holm-adjusted {fmt.p_text(r['p_holm_value'])})")
     rest = len(rows) - len(significant)
     tail = f"; the other {rest} pair{'s are' if rest != 1 else ' is'} not significantly different" if rest else ""
-    return f"Significant at {ALPHA} (McNemar's test, uncorrected): " + "; ".join(parts) + tail + "."
+    return f"Significant at {ALPHA} (McNemar's test, {HOLM}): " + "; ".join(parts) + tail + "."
 
 
 def _comparison_figures(finished: list[RunView], plots_dir: Path) -> list[EmbeddedFigure]:

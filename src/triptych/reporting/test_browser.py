@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from triptych.evaluation.synthetic import ART_CLASSES
+from tests.fixtures.synthetic_runs import ART_CLASSES
 from triptych.reporting.conftest import FAILED, MODELS
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from triptych.evaluation import compute_metrics
-from triptych.evaluation.synthetic import ART_CLASSES, synthetic_history, synthetic_predictions
+from tests.fixtures.synthetic_runs import ART_CLASSES, synthetic_history, synthetic_predictions
 from triptych.reporting import plots
 
 

@@ -12,16 +12,23 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from markupsafe import escape as html_escape
 
+from tests.fixtures.synthetic_runs import ART_CLASSES, write_synthetic_run
 from triptych.errors import TriptychError
-from triptych.evaluation.synthetic import ART_CLASSES, write_synthetic_run
+from triptych.evaluation import run_metrics
+from triptych.models.profile import load_cards
 from triptych.reporting import build_report
-from triptych.reporting.comparison import ROW_KEYS, write_comparison
+from triptych.reporting.comparison import PUBLISHED_IMAGES, ROW_KEYS, mcnemar_summary, write_comparison
 from triptych.reporting.conftest import WEIGHTS_NOTE
-from triptych.reporting.report import _mcnemar, load_run, resolve_runs
+from triptych.reporting.report import _mcnemar, _mcnemar_view
+from triptych.reporting.runs import RunView, load_run, resolve_runs
 
 SRC = Path(__file__).resolve().parents[2]
-PUBLISHED_TITLE = "published, different data (seed study: ~20,000 WikiArt images, 4,040-image test set)"
+CARDS = load_cards()  # what the report must show, as models/cards.yaml says it
+PUBLISHED = CARDS["published"]
+PUBLISHED_TITLE = (f"{PUBLISHED['label']} ({PUBLISHED['source']}: {PUBLISHED_IMAGES}, "
+                   f"{PUBLISHED['test_images']:,}-image test set)")
 
 # out_dir and report_path (one shared report of synthetic runs) come from conftest.py.
 
@@ -67,10 +74,21 @@ def test_unfinished_runs_are_listed_not_read(out_dir, html):
     assert "resnet18" not in html.split('id="comparison"')[1]
 
 
-def test_missing_metrics_json_is_computed(out_dir, html):
-    metrics = json.loads((out_dir / "xception_ft" / "metrics.json").read_text())
+def test_missing_metrics_json_is_computed_not_written(out_dir, html):
+    metrics = run_metrics(out_dir / "xception_ft")
     assert metrics["model"] == "xception" and metrics["params"] is None
     assert f"{metrics['accuracy']:.3f}" in html
+    assert not (out_dir / "xception_ft" / "metrics.json").exists()  # a report only reads run directories
+
+
+def test_report_writes_nothing_into_run_directories(tmp_path):
+    runs = [write_synthetic_run(tmp_path / "out", name, n_test=60, seed=k, evaluate=k == 0, extras=True)
+            for k, name in enumerate(("a", "b"))]
+    before = {p: p.stat().st_mtime_ns for run in runs for p in run.root.rglob("*")}
+    build_report([tmp_path / "out"], tmp_path / "out" / "report.html")
+    after = {p: p.stat().st_mtime_ns for run in runs for p in run.root.rglob("*")}
+    assert after == before
+    assert (tmp_path / "out" / "report_plots" / "a" / "roc.png").is_file()
 
 
 def test_random_weights_where_pretrained_expected_is_red(html):
@@ -95,13 +113,13 @@ def test_comparison_json_has_every_key_for_every_model(out_dir, comparison):
     assert (resnet["model"], resnet["family"], resnet["image_size"], resnet["weights"]) == ("resnet50", "resnet", 224, "random")
     assert xception["weights_note"] == WEIGHTS_NOTE and xception["peak_memory_mb"] == 3500.0
     assert xception["throughput"] == 230.0 and xception["latency_ms"] == 14.2
-    assert xception["architecture"].startswith("A linear stack of depthwise separable")
+    assert xception["architecture"] == CARDS["families"]["xception"]["architecture"]
     (pair,) = comparison["mcnemar"]["pairs"]
     assert {pair["experiment_a"], pair["experiment_b"]} == {"resnet50_scratch", "xception_ft"}
     assert 0 <= pair["p_value"] <= pair["p_holm"] <= 1 and pair["significant"] is True
     published = comparison["published"]
     assert published["title"] == PUBLISHED_TITLE and published["comparable_with_our_rows"] is False
-    assert {r["model"]: r["accuracy"] for r in published["rows"]} == {"resnet50": 0.60, "xception": 0.65, "densenet121": 0.72}
+    assert {r["model"]: r["accuracy"] for r in published["rows"]} == PUBLISHED["results"]
 
 
 def test_comparison_json_without_optional_inputs_is_null_not_missing(tmp_path):
@@ -136,14 +154,18 @@ def test_qualitative_cards_and_published_reference(html):
     comparison_section = section(html, "comparison")
     cards = comparison_section.split('class="cards"')[1].split("</table>")[0]
     assert cards.count("<tr>") == 3  # header + resnet + xception
-    for text in ("Shortcut connections", "Depthwise separable convolutions", "best use case", "<li>"):
-        assert text in cards
+    for family in ("resnet", "xception"):
+        card = CARDS["families"][family]
+        assert html_escape(card["key_innovation"]) in cards and html_escape(card["best_use_case"]) in cards
+        assert all(f"<li>{html_escape(pro)}</li>" in cards for pro in card["pros"])
     reference = comparison_section.split('class="reference"')[1]
-    assert "Published, different data (seed study: ~20,000 WikiArt images, 4,040-image test set)" in reference
-    assert "not our results" in reference and "<td>densenet121</td>" in reference and ">0.72<" in reference
+    assert PUBLISHED_TITLE[0].upper() + PUBLISHED_TITLE[1:] in reference
+    assert "not our results" in reference
+    for model, value in PUBLISHED["results"].items():
+        assert f"<td>{model}</td>" in reference and f">{value:.2f}<" in reference
     # the published numbers are never inside our measured table
     measured = comparison_section.split('class="wide measured"')[1].split("</table>")[0]
-    assert "0.72" not in measured and "published" not in measured
+    assert f"{PUBLISHED['results']['densenet121']:.2f}" not in measured and "published" not in measured
 
 
 def test_model_sections_show_diagrams_gradcam_and_run_notes(html):
@@ -165,7 +187,7 @@ def test_model_sections_show_diagrams_gradcam_and_run_notes(html):
 
 
 def test_diagram_svg_is_the_fallback_and_wide_drawings_get_a_row(tmp_path):
-    from triptych.evaluation.synthetic import tiny_png, tiny_svg
+    from tests.fixtures.synthetic_runs import tiny_png, tiny_svg
     from triptych.reporting.report import _diagrams
 
     view = load_run(write_synthetic_run(tmp_path / "out", "d", model="densenet121", evaluate=False, status="running"))
@@ -181,8 +203,29 @@ def test_diagram_svg_is_the_fallback_and_wide_drawings_get_a_row(tmp_path):
 
 
 def test_mcnemar_sentence_and_table(html):
-    assert "Significant at 0.05" in html and "makes fewer errors than resnet50" in html
+    assert html_escape("Significant at 0.05 (McNemar's test, p-values Holm-adjusted") in html
+    assert "makes fewer errors than resnet50 (Holm-adjusted p" in html
     assert html.count("exact binomial") + html.count(">chi-square<") == 1  # one pair, one test
+
+
+def test_significance_is_judged_on_holm_adjusted_p_values(tmp_path):
+    # a and c are right on the same images; b is wrong on 9 of them and right on 1 they miss:
+    # a-b and c-b have an exact McNemar p = 2 * 11/1024 = 0.021 each, Holm over 3 pairs gives 0.064.
+    right = {"a": [0] * 1 + [1] * 39, "b": [1] * 1 + [0] * 9 + [1] * 30, "c": [0] * 1 + [1] * 39}
+    views = []
+    for name, correct in right.items():
+        run = write_synthetic_run(tmp_path, name, evaluate=False)
+        prob_x = [0.9 if ok else 0.1 for ok in correct]
+        pd.DataFrame({"path": [f"img{i:02d}.jpg" for i in range(40)], "y_true": "x",
+                      "y_pred": ["x" if ok else "y" for ok in correct],
+                      "prob_x": prob_x, "prob_y": [1 - p for p in prob_x]}).to_csv(run.predictions, index=False)
+        views.append(RunView(run=run, label=name, record=run.read_record(), metrics={}))
+    summary = mcnemar_summary(views)
+    pairs = {(p["model_a"], p["model_b"]): p for p in summary["pairs"]}
+    for key in (("a", "b"), ("b", "c")):
+        assert pairs[key]["p_value"] < 0.05 < pairs[key]["p_holm"] and pairs[key]["significant"] is False
+    sentence = _mcnemar_view(summary)["sentence"]
+    assert sentence.startswith("No difference between the models is significant at 0.05") and "Holm-adjusted" in sentence
 
 
 def test_self_contained_no_network_no_script(html):
@@ -193,10 +236,11 @@ def test_self_contained_no_network_no_script(html):
     assert not re.search(r"\b(nan|NaN|None|null)\b", text)
 
 
-def test_plots_are_saved_beside_runs_and_report(out_dir, html):
-    assert (out_dir / "xception_ft" / "plots" / "confusion_matrix.svg").is_file()
-    assert (out_dir / "xception_ft" / "plots" / "roc.png").is_file()
+def test_plots_are_saved_beside_the_report(out_dir, html):
+    assert (out_dir / "report_plots" / "xception_ft" / "confusion_matrix.svg").is_file()
+    assert (out_dir / "report_plots" / "xception_ft" / "roc.png").is_file()
     assert (out_dir / "report_plots" / "comparison_roc.svg").is_file()
+    assert not (out_dir / "xception_ft" / "plots").exists()
     assert (out_dir / "comparison.json").is_file()
     assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]  # atomic writes left nothing
 
@@ -242,14 +286,14 @@ def test_mcnemar_refusal_is_shown_not_fatal(tmp_path):
     assert result["rows"] == [] and "not evaluated on the same test images" in result["error"]
 
 
-def test_stale_metrics_are_recomputed_keeping_trainer_fields(tmp_path):
+def test_stale_metrics_are_recomputed_in_memory_keeping_trainer_fields(tmp_path):
     run = write_synthetic_run(tmp_path, "r", n_test=80, seed=4)
     pd.read_csv(run.predictions).iloc[:50].to_csv(run.predictions, index=False)
     later = run.metrics.stat().st_mtime + 10
     os.utime(run.predictions, (later, later))
     view = load_run(run)
     assert view.metrics["n_test"] == 50 and view.metrics["params"] == 1_000_004
-    assert json.loads(run.metrics.read_text())["n_test"] == 50
+    assert json.loads(run.metrics.read_text())["n_test"] == 80  # computed for the report, not written
 
 
 def test_done_run_without_any_results_is_listed_as_a_problem(tmp_path):
@@ -330,3 +374,12 @@ def test_cli_through_main_reports_error_in_one_line(tmp_path):
                             capture_output=True, text=True, env={"PYTHONPATH": str(SRC), "PATH": ""}, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "not a directory" in result.stderr
+
+
+def test_footer_says_how_to_view_tensorboard_scalars(tmp_path, monkeypatch):
+    monkeypatch.setattr("triptych.reporting.report.run_figures", lambda *a: {})  # tables only: fast
+    run = write_synthetic_run(tmp_path / "out", "tb", n_test=60)
+    assert "tensorboard --logdir" not in build_report([run.root], tmp_path / "r.html").read_text()
+    (run.tensorboard_dir / "train").mkdir(parents=True)
+    html = build_report([run.root], tmp_path / "r.html").read_text()
+    assert f"<code>tensorboard --logdir {tmp_path / 'out'}</code>" in html.split("<footer>")[1]

@@ -12,37 +12,15 @@ on stderr, after which the tracker does nothing; the run directories hold everyt
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from triptych.config import Config
 from triptych.errors import InvalidArgumentError
+from triptych.tracking.base import Tracker, Warn, warn_line
+
+__all__ = ["TRACKERS", "Tracker", "Warn", "start", "warn_line"]
 
 TRACKERS = ("none", "mlflow")
-Warn = Callable[[str], None]
-
-
-def warn_line(message: str) -> None:
-    """The default way a tracker says it gave up: one line on stderr."""
-    print(f"triptych: warning: {message}", file=sys.stderr, flush=True)
-
-
-class Tracker:
-    """Does nothing; the base of every tracker (``tracking: none``). Use as a context manager:
-    leaving the block with an exception closes the tracked run as failed."""
-
-    def log_experiment(self, run_dir: str | Path) -> None:
-        """Record one finished experiment from its run directory."""
-
-    def close(self, report: str | Path | None = None, failed: bool = False) -> None:
-        """End tracking, attaching the comparison report if there is one."""
-
-    def __enter__(self) -> Tracker:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(failed=exc_type is not None)
 
 
 def start(config: Config, out: str | Path, kind: str | None = None, warn: Warn = warn_line) -> Tracker:

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from triptych.config import Config, to_yaml
-from triptych.tracking import Tracker, Warn
+from triptych.tracking.base import Tracker, Warn
 
 STORE_DIR = "mlruns"
 # Not artifacts: the epoch backup (deleted when a run finishes) and the best-epoch weights,
@@ -79,10 +79,14 @@ class MlflowTracker(Tracker):
         _log_params(client, self.parent_id, {"seed": config.seed, "experiments": len(config.experiments)})
         client.log_text(self.parent_id, to_yaml(config), "config.yaml")
         self.broken = self.closed = False
+        self.children: dict[str, str] = {}  # experiment name -> its nested run's id
 
     def log_experiment(self, run_dir: str | Path) -> None:
         if not self.broken:
-            self._guard(log_run_dir, self.client, self.experiment_id, self.parent_id, Path(run_dir))
+            run_dir = Path(run_dir)
+            run_id = self._guard(log_run_dir, self.client, self.experiment_id, self.parent_id, run_dir)
+            if run_id:
+                self.children[run_dir.name] = run_id
 
     def close(self, report: str | Path | None = None, failed: bool = False) -> None:
         if self.closed:
@@ -90,6 +94,7 @@ class MlflowTracker(Tracker):
         self.closed = True
         if report is not None and Path(report).is_file() and not self.broken:
             self._guard(self.client.log_artifact, self.parent_id, str(report))
+            self._guard(self._log_report_plots, Path(report))
         if not self.broken:
             self._guard(self.client.set_terminated, self.parent_id, "FAILED" if failed else "FINISHED")
         else:
@@ -98,9 +103,17 @@ class MlflowTracker(Tracker):
             except Exception:  # noqa: BLE001, S110
                 pass
 
-    def _guard(self, call, *args) -> None:
+    def _log_report_plots(self, report: Path) -> None:
+        """The report draws each experiment's figures into ``<report>_plots/<experiment>/``
+        (run directories stay as training left them): attach them to the experiments' runs."""
+        plots = report.with_name(report.stem + "_plots")
+        for name, run_id in self.children.items():
+            if (plots / name).is_dir():
+                self.client.log_artifacts(run_id, str(plots / name), "plots")
+
+    def _guard(self, call, *args):
         try:
-            call(*args)
+            return call(*args)
         except Exception as err:  # noqa: BLE001 - one warning, then stop trying; the run dirs keep everything
             self.broken = True
             self.warn(f"tracking: MLflow failed ({_one_line(err)}); the results are in {self.out}, no longer tracked")

@@ -115,23 +115,6 @@ def best_checkpoint_epoch(weights_path: Path) -> int | None:
     return int(json.loads(state.read_text())["epoch"])
 
 
-class ElapsedTime(keras.callbacks.Callback):
-    """Training wall time, accumulated in the manifest across resumed sessions."""
-
-    def __init__(self, on_update):
-        super().__init__()
-        self.on_update = on_update
-        self._last = 0.0
-
-    def on_train_begin(self, logs=None):
-        self._last = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        now = time.perf_counter()
-        self.on_update(now - self._last)
-        self._last = now
-
-
 def _plain(value):
     try:
         return round(float(value), 6)

@@ -7,8 +7,10 @@
   ``fine-tune`` (the last blocks unfrozen, BatchNorm still frozen, small learning rate,
   early stopping). Phase 2 starts from the best phase-1 weights.
 
-Each phase has its own BackupAndRestore directory and the manifest records finished
-phases, so a killed run resumes in the right phase with no epoch lost or repeated.
+Each phase has its own BackupAndRestore directory. The runner runs the phases of
+:func:`plan_phases` one by one with :func:`run_phase` and records each finished one, so a
+killed run resumes in the right phase with no epoch lost or repeated. Nothing here writes
+the run record.
 """
 
 from __future__ import annotations
@@ -21,19 +23,23 @@ import keras
 import tensorflow as tf
 
 from triptych.config import EarlyStoppingConfig, ExperimentConfig, TrainingConfig
-from triptych.rundir import RunDir
-from triptych.training.callbacks import best_checkpoint_epoch, load_model_weights, read_history_rows
+from triptych.models import build
+from triptych.models.pretrained import unfreeze
+from triptych.rundir import FeatureCacheInfo, RunDir
+from triptych.training.callbacks import load_model_weights, read_history_rows
 from triptych.training.feature_cache import CacheKey, cached_features, extract, extractor_in_dtype, head_model
 from triptych.training.trainer import RunFiles, fit, steps_for
 
 Log = Callable[[str], None]
+
+TRAIN, HEAD, FINE_TUNE = "train", "head", "fine-tune"
 
 
 @dataclass(frozen=True)
 class PhaseData:
     """What the phases need from the data side (built by the runner)."""
 
-    make: Callable[..., tf.data.Dataset]  # make(split, training, seed=None, augment=None)
+    make: Callable[..., tf.data.Dataset]  # make(split, training, seed=None)
     num_train: int
     batch_size: int
     fingerprint: str
@@ -43,53 +49,45 @@ class PhaseData:
     seed: int
 
 
-def train_phases(
-    model: keras.Model,
-    exp: ExperimentConfig,
-    run: RunDir,
-    data: PhaseData,
-    *,
-    frozen_base: bool,
-    weights_origin: str,
-    rebuild: Callable[[], keras.Model],
-    on_elapsed: Callable[[float], None],
-    log: Log = print,
-) -> int | None:
-    """Run every phase that is not finished yet; returns the best epoch (on validation)."""
-    cfg = exp.training
-    done = set(run.read_manifest().get("phases_done", []))
-    first = "head" if frozen_base else "train"
-    if first not in done:
-        if frozen_base:
-            model.get_layer("base").trainable = False
-        if frozen_base and cfg.feature_cache:
-            _fit_head_on_cache(model, exp, run, data, weights_origin, rebuild, on_elapsed, log)
-        else:
-            fit(
-                model,
-                data.make("train", True),
-                data.make("val", False),
-                cfg,
-                _files(run, first),
-                steps_per_epoch=steps_for(data.num_train, data.batch_size),
-                on_elapsed=on_elapsed,
-                history_extra={"phase": first},
-            )
-        _mark_done(run, first)
-    if cfg.fine_tune is None:
-        return _best_epoch(run)
+@dataclass(frozen=True)
+class PhaseOutcome:
+    """What a finished phase reports back to the runner."""
+
+    phase: str
+    feature_cache: FeatureCacheInfo | None = None  # the head phase on cached features
+
+
+def plan_phases(training: TrainingConfig, frozen_base: bool) -> list[str]:
+    """The phases of an experiment, in order: ``train``, or ``head`` (then ``fine-tune``)."""
     if not frozen_base:
-        log(f"[{exp.name}] fine_tune skipped: the backbone was trained end to end (no pretrained weights)")
-        return _best_epoch(run)
-    if "fine-tune" not in done:
-        _fine_tune(model, exp, run, data, on_elapsed, log)
-        _mark_done(run, "fine-tune")
-    return _best_epoch(run)
+        return [TRAIN]
+    return [HEAD, FINE_TUNE] if training.fine_tune else [HEAD]
 
 
-def _fine_tune(model, exp: ExperimentConfig, run: RunDir, data: PhaseData, on_elapsed, log: Log) -> None:
-    from triptych.models.pretrained import unfreeze
+def run_phase(
+    phase: str, model: keras.Model, exp: ExperimentConfig, run: RunDir, data: PhaseData, *, weights_origin: str, log: Log = print
+) -> PhaseOutcome:
+    """Train ``model`` through one phase (continuing its backup if a run was killed in it)."""
+    if phase == FINE_TUNE:
+        _fine_tune(model, exp, run, data, log)
+        return PhaseOutcome(phase)
+    if phase == HEAD:
+        model.get_layer("base").trainable = False
+        if exp.training.feature_cache:
+            return PhaseOutcome(phase, _fit_head_on_cache(model, exp, run, data, weights_origin, log))
+    fit(
+        model,
+        data.make("train", True),
+        data.make("val", False),
+        exp.training,
+        _files(run, phase),
+        steps_per_epoch=steps_for(data.num_train, data.batch_size),
+        history_extra={"phase": phase},
+    )
+    return PhaseOutcome(phase)
 
+
+def _fine_tune(model: keras.Model, exp: ExperimentConfig, run: RunDir, data: PhaseData, log: Log) -> None:
     ft = exp.training.fine_tune
     if run.best_weights.exists():
         load_model_weights(model, run.best_weights)  # start from the best head
@@ -112,18 +110,51 @@ def _fine_tune(model, exp: ExperimentConfig, run: RunDir, data: PhaseData, on_el
         data.make("train", True),
         data.make("val", False),
         cfg,
-        _files(run, "fine-tune"),
+        _files(run, FINE_TUNE),
         steps_per_epoch=steps_for(data.num_train, data.batch_size),
-        on_elapsed=on_elapsed,
-        history_extra={"phase": "fine-tune"},
-        epoch_offset=_epochs_so_far(run, before="fine-tune"),
+        history_extra={"phase": FINE_TUNE},
+        epoch_offset=_epochs_before(run, FINE_TUNE),
     )
 
 
-def _fit_head_on_cache(model, exp, run: RunDir, data: PhaseData, weights_origin, rebuild, on_elapsed, log: Log) -> None:
+def _fit_head_on_cache(
+    model: keras.Model, exp: ExperimentConfig, run: RunDir, data: PhaseData, weights_origin: str, log: Log
+) -> FeatureCacheInfo:
+    (train_x, train_y), (val_x, val_y), info = _head_features(model, exp, data, weights_origin)
+    log(
+        f"[{exp.name}] phase 1 on cached features {train_x.shape} "
+        f"({'from cache' if info.hit else f'computed in {info.seconds:.0f}s'})"
+    )
+    train_ds = (
+        tf.data.Dataset.from_tensor_slices((train_x, train_y))
+        .shuffle(len(train_x), seed=data.seed, reshuffle_each_iteration=True)
+        .batch(data.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(data.batch_size)
+    fit(
+        head_model(model, train_x.shape[1]),
+        train_ds,
+        val_ds,
+        exp.training,
+        _files(run, HEAD),
+        steps_per_epoch=steps_for(len(train_x), data.batch_size),
+        history_extra={"phase": HEAD},
+        save_model=model,  # the best checkpoint holds the full model's weights
+    )
+    return info
+
+
+def _head_features(model: keras.Model, exp: ExperimentConfig, data: PhaseData, weights_origin: str):
+    """The frozen backbone's features of the train (K views) and val images, from the cache or computed."""
     cfg = exp.training
     started = time.perf_counter()
-    extractor = extractor_in_dtype(model, rebuild, cfg.cache_dtype)
+
+    def twin() -> keras.Model:  # the same architecture, built again under another dtype policy
+        shape = (data.image_size, data.image_size, 3)
+        return build(exp.model.name, model.output_shape[-1], shape, weights=None, **exp.model.options)
+
+    extractor = extractor_in_dtype(model, twin, cfg.cache_dtype)
 
     def key(split: str, views: int) -> CacheKey:
         return CacheKey(
@@ -146,56 +177,19 @@ def _fit_head_on_cache(model, exp, run: RunDir, data: PhaseData, weights_origin,
 
     train_x, train_y, hit_train = cached_features(key("train", cfg.cache_views), train_views)
     val_x, val_y, hit_val = cached_features(key("val", 1), lambda: extract(extractor, [data.make("val", False)]))
-    seconds = time.perf_counter() - started
-    on_elapsed(seconds)
-    run.update_manifest(
-        feature_cache={
-            "train_features": list(train_x.shape),
-            "views": cfg.cache_views,
-            "dtype": cfg.cache_dtype,
-            "hit": bool(hit_train and hit_val),
-            "seconds": round(seconds, 2),
-        }
+    info = FeatureCacheInfo(
+        train_features=list(train_x.shape),
+        views=cfg.cache_views,
+        dtype=cfg.cache_dtype,
+        hit=bool(hit_train and hit_val),
+        seconds=round(time.perf_counter() - started, 2),
     )
-    log(
-        f"[{exp.name}] phase 1 on cached features {train_x.shape} "
-        f"({'from cache' if hit_train and hit_val else f'computed in {seconds:.0f}s'})"
-    )
-    head = head_model(model, train_x.shape[1])
-    train_ds = (
-        tf.data.Dataset.from_tensor_slices((train_x, train_y))
-        .shuffle(len(train_x), seed=data.seed, reshuffle_each_iteration=True)
-        .batch(data.batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(data.batch_size)
-    fit(
-        head,
-        train_ds,
-        val_ds,
-        cfg,
-        _files(run, "head"),
-        steps_per_epoch=steps_for(len(train_x), data.batch_size),
-        on_elapsed=on_elapsed,
-        history_extra={"phase": "head"},
-        save_model=model,  # the best checkpoint holds the full model's weights
-    )
+    return (train_x, train_y), (val_x, val_y), info
 
 
 def _files(run: RunDir, phase: str) -> RunFiles:
-    return RunFiles(run.history, run.best_weights, run.backup_dir / phase, run.root / "tensorboard" / phase)
+    return RunFiles(run.history, run.best_weights, run.backup_dir / phase, run.tensorboard_dir / phase)
 
 
-def _mark_done(run: RunDir, phase: str) -> None:
-    done = list(run.read_manifest().get("phases_done", []))
-    if phase not in done:
-        done.append(phase)
-    run.update_manifest(phases_done=done)
-
-
-def _epochs_so_far(run: RunDir, before: str) -> int:
-    return sum(1 for row in read_history_rows(run.history) if row.get("phase") != before)
-
-
-def _best_epoch(run: RunDir) -> int | None:
-    return best_checkpoint_epoch(run.best_weights)
+def _epochs_before(run: RunDir, phase: str) -> int:
+    return sum(1 for row in read_history_rows(run.history) if row.get("phase") != phase)

@@ -78,12 +78,13 @@ def test_two_phases_one_history_and_cache_reuse(tmp_path, image_folder, weights_
     frame = history(first)
     assert frame["epoch"].tolist() == [0, 1, 2]
     assert frame["phase"].tolist() == ["head", "head", "fine-tune"]
-    manifest = first.read_manifest()
-    assert manifest["status"] == "done" and manifest["phases_done"] == ["head", "fine-tune"]
-    assert manifest["feature_cache"]["hit"] is False and manifest["feature_cache"]["train_features"] == [36, 16]
-    assert manifest["weights"].startswith("local file dn.weights.h5")
+    record = first.read_record()
+    assert record.status == "done" and record.phases_done == ["head", "fine-tune"]
+    assert record.feature_cache.hit is False and record.feature_cache.train_features == [36, 16]
+    assert record.weights.startswith("local file dn.weights.h5")
+    assert record.best_epoch in (0, 1, 2) and record.train_seconds >= record.feature_cache.seconds
     second = run_experiment(exp, tmp_path / "b", seed=0, log=lambda m: None)
-    assert second.read_manifest()["feature_cache"]["hit"] is True
+    assert second.read_record().feature_cache.hit is True
     # Same features, same seed: the head phase learns the same thing from the cache.
     np.testing.assert_allclose(history(second)["loss"][:2], frame["loss"][:2], rtol=1e-4)
 
@@ -107,13 +108,22 @@ def test_resume_after_a_kill_between_phases_loses_and_repeats_nothing(tmp_path, 
     run = run_experiment(exp, tmp_path / "out", seed=0, resume=True, log=lambda m: None)
     assert history(run)["epoch"].tolist() == [0, 1, 2]
     assert history(run)["phase"].tolist() == ["head", "head", "fine-tune"]
-    assert run.read_manifest()["status"] == "done"
+    record = run.read_record()
+    assert record.status == "done" and record.phases_done == ["head", "fine-tune"]
+    assert record.feature_cache is not None  # recorded by the first session, kept by the second
 
 
 def test_random_weights_train_end_to_end_without_freezing(tmp_path, image_folder):
     exp = experiment(image_folder, "random")
     run = run_experiment(exp, tmp_path / "out", seed=0, log=lambda m: None)
     assert history(run)["phase"].tolist() == ["train", "train"]
-    manifest = run.read_manifest()
-    assert manifest["weights"] == "random" and manifest["expected_pretrained"] is True
-    assert manifest["frozen_base_phase"] is False
+    record = run.read_record()
+    assert record.weights == "random" and record.expected_pretrained is True
+    assert record.frozen_base_phase is False and record.phases_done == ["train"]
+
+
+def test_plan_phases_follows_freeze_base_and_fine_tune(image_folder):
+    tuned = experiment(image_folder, "random").training
+    assert phases.plan_phases(tuned, frozen_base=True) == ["head", "fine-tune"]
+    assert phases.plan_phases(tuned, frozen_base=False) == ["train"]
+    assert phases.plan_phases(tuned.model_copy(update={"fine_tune": None}), frozen_base=True) == ["head"]

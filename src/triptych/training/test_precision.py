@@ -122,7 +122,7 @@ def test_experiment_end_to_end_in_bf16_under_a_mirrored_strategy(tmp_path, image
     exp = parse_config(raw).experiments[0]
     before = keras.config.dtype_policy().name
     run = run_experiment(exp, tmp_path / "out", seed=0, log=lambda m: None)
-    assert run.read_manifest()["status"] == "done"
+    assert run.is_done()
     assert keras.config.dtype_policy().name == before  # the policy does not leak out of the experiment
     saved = keras.saving.load_model(run.model)
     assert saved.get_layer("stem_conv").compute_dtype == "bfloat16"

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
 from triptych.config import TrainingConfig
-from triptych.training.callbacks import BestCheckpoint, ElapsedTime, HistoryWriter
+from triptych.training.callbacks import BestCheckpoint, HistoryWriter
 from triptych.training.distribute import sync_batchnorm_callbacks
 from triptych.training.schedules import make_schedule
 
@@ -63,7 +63,6 @@ def fit(
     files: RunFiles,
     *,
     steps_per_epoch: int,
-    on_elapsed: Callable[[float], None],
     verbose: int | None = None,
     history_extra: dict | None = None,
     epoch_offset: int = 0,
@@ -81,7 +80,6 @@ def fit(
         *sync_batchnorm_callbacks(model),
         HistoryWriter(files.history, extra=history_extra, epoch_offset=epoch_offset),
         best,
-        ElapsedTime(on_elapsed),
     ]
     if cfg.early_stopping:
         callbacks.append(
@@ -112,8 +110,6 @@ def without_autotune_wait(dataset):
     Without it, AUTOTUNE map parallelism is all cores and prefetch buffers still grow on demand:
     the same input throughput (WikiArt JPEGs, 2 cores: ~610 img/s either way).
     """
-    import tensorflow as tf
-
     if not isinstance(dataset, tf.data.Dataset):
         return dataset
     options = tf.data.Options()

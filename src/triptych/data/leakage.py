@@ -1,0 +1,54 @@
+"""Leakage between splits: the same picture in train and in val/test inflates test accuracy.
+
+``data.duplicates`` decides what happens to near-duplicate images that cross the splits of a
+folder dataset: ``refuse`` (stop before training, naming a pair), ``drop`` (remove the later
+copy from val/test; train keeps its images) or ``allow``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Literal
+
+import numpy as np
+
+from triptych.data.audit import cross_split_duplicates
+from triptych.data.splits import Splits
+from triptych.errors import TriptychError
+
+SPLIT_ORDER = ("train", "val", "test")
+
+
+def guard_cross_split_duplicates(
+    splits: Splits, policy: Literal["refuse", "drop", "allow"], dataset: str
+) -> tuple[Splits, int]:
+    """Apply ``policy`` to the near-duplicates across ``splits``; returns the splits to use and
+    how many images were dropped from val/test."""
+    if policy == "allow":
+        return splits, 0
+    pairs = cross_split_duplicates({name: list(getattr(splits, name).ids) for name in SPLIT_ORDER})
+    if not pairs:
+        return splits, 0
+    if policy == "refuse":
+        first = pairs[0]
+        raise TriptychError(
+            f"{len(pairs)} near-duplicate image pair(s) cross the train/val/test splits of {dataset} "
+            f"(e.g. {first[0]} ~ {first[1]}); set data.duplicates: drop (removes them from val/test) or allow"
+        )
+    return drop_duplicates(splits, pairs)
+
+
+def drop_duplicates(splits: Splits, pairs: list[tuple[str, str, int]]) -> tuple[Splits, int]:
+    """Remove from val and test every image that nearly duplicates an image of an earlier split."""
+    rank = {name: k for k, name in enumerate(SPLIT_ORDER)}
+    where = {str(path): name for name in SPLIT_ORDER for path in getattr(splits, name).ids}
+    drop = set()
+    for a, b, *_ in pairs:
+        later = max((a, b), key=lambda p: rank[where.get(str(p), "train")])
+        if where.get(str(later)) != "train":
+            drop.add(str(later))
+    kept = {}
+    for name in ("val", "test"):
+        examples = getattr(splits, name)
+        kept[name] = examples.take(np.flatnonzero([str(p) not in drop for p in examples.ids]))
+    return replace(splits, **kept), len(drop)

@@ -1,0 +1,41 @@
+"""The child's side of :mod:`triptych.isolation`: ``python -m triptych.experiment_process``.
+
+Reads one request (the experiment as JSON, the output folder, seed, resume, threads) on stdin,
+runs it with :func:`triptych.runner.run_experiment_here`, and hands a user mistake back to the
+parent through the request's result file (exception type and message), so that the parent can
+raise the same exception: one line, as if the experiment had run in the parent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported (by the runner)
+
+from triptych import errors  # noqa: E402
+from triptych.config import ExperimentConfig  # noqa: E402
+from triptych.isolation import EXIT_INTERRUPTED, EXIT_USER_ERROR  # noqa: E402
+from triptych.runner import run_experiment_here  # noqa: E402
+
+
+def main() -> int:
+    request = json.loads(sys.stdin.read())
+    exp = ExperimentConfig.model_validate(request["experiment"])
+    try:
+        run_experiment_here(
+            exp, Path(request["out"]), seed=request["seed"], resume=request["resume"], threads=request["threads"]
+        )
+    except errors.TriptychError as err:
+        kind = type(err).__name__ if hasattr(errors, type(err).__name__) else "TriptychError"
+        Path(request["result_file"]).write_text(json.dumps({"kind": kind, "message": str(err)}), encoding="utf-8")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

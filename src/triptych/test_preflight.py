@@ -1,0 +1,47 @@
+"""Checks before training: every freeze_base / fine_tune combination runs or is refused up front."""
+
+import itertools
+
+import pytest
+
+from triptych.config import parse_config
+from triptych.errors import InvalidArgumentError
+from triptych.preflight import prepare_output_dir, validate_experiments
+
+FINE_TUNE = {"epochs": 1, "unfreeze_blocks": ["block14"]}
+# (model, freeze_base, fine_tune) -> the start of the refusal, or None: it runs
+REFUSED = {
+    ("resnet18", "auto", True): "training.fine_tune needs a pretrained backbone",
+    ("resnet18", True, True): "training.fine_tune needs a pretrained backbone",
+    ("resnet18", False, True): "training.fine_tune needs a pretrained backbone",
+    ("resnet18", True, False): "training.freeze_base: true needs a separate backbone",
+    ("xception", False, True): "training.fine_tune follows a frozen-backbone phase",
+}
+
+
+def config(model: str, freeze_base, fine_tune: bool):
+    training = {"freeze_base": freeze_base, "fine_tune": FINE_TUNE if fine_tune else None}
+    return parse_config({"experiments": [{"name": "x", "model": {"name": model}, "training": training}]})
+
+
+@pytest.mark.parametrize("case", list(itertools.product(("resnet18", "xception"), ("auto", True, False), (False, True))))
+def test_every_freeze_base_and_fine_tune_combination_runs_or_is_refused(case):
+    expected = REFUSED.get(case)
+    if expected is None:
+        validate_experiments(config(*case))
+        return
+    with pytest.raises(InvalidArgumentError) as err:
+        validate_experiments(config(*case))
+    message = str(err.value)
+    assert message.startswith(f"experiment x: {expected}") and "\n" not in message
+
+
+def test_output_dir_errors_name_the_python_arguments(tmp_path):
+    with pytest.raises(InvalidArgumentError, match=r"^resume=True and overwrite=True contradict"):
+        prepare_output_dir(tmp_path / "out", resume=True, overwrite=True)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("")
+    with pytest.raises(InvalidArgumentError, match="pass resume=True to continue it or overwrite=True to replace it"):
+        prepare_output_dir(tmp_path / "out", resume=False, overwrite=False)
+    with pytest.raises(InvalidArgumentError, match="not a triptych run directory; refusing to delete it with overwrite=True"):
+        prepare_output_dir(tmp_path / "out", resume=False, overwrite=True)

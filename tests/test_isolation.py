@@ -1,0 +1,55 @@
+"""Each experiment runs in its own process: peak memory, TensorFlow state and threads are its own."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import write_image_folder
+
+from triptych.config import parse_config
+from triptych.errors import TriptychError
+from triptych.isolation import ExperimentCrashed
+from triptych.runner import RunOptions, run_config
+
+
+def _experiment(name: str, model: dict, size: int, per_class: int, batch: int) -> dict:
+    return {
+        "name": name,
+        "model": model,
+        "data": {"dataset": "cifar10", "image_size": size, "train_per_class": per_class, "test_per_class": 4,
+                 "val_fraction": 0.25, "batch_size": batch},
+        "training": {"epochs": 1, "learning_rate": 0.01},
+    }
+
+
+@pytest.mark.slow
+def test_peak_memory_is_per_experiment_not_inherited(cifar_mirror, tmp_path, monkeypatch):
+    """A big experiment first, a tiny one second: in one process the second would report at least
+    the first's peak (ru_maxrss only grows); in its own process it reports its own, smaller one."""
+    monkeypatch.setenv("TRIPTYCH_MIRROR", str(cifar_mirror))
+    config = parse_config({"seed": 0, "experiments": [
+        _experiment("big", {"name": "resnet50", "options": {"stem": "imagenet"}}, 128, 8, 24),
+        _experiment("tiny", {"name": "resnet18", "options": {"stem": "cifar"}}, 16, 4, 8),
+    ]})
+    runs = run_config(config, tmp_path / "out", RunOptions(report=False), log=lambda line: None)
+    peaks = {run.name: json.loads(run.manifest.read_text())["peak_rss_mb"] for run in runs}
+    assert peaks["tiny"] < peaks["big"] - 100, peaks
+
+
+@pytest.mark.slow
+def test_a_user_error_inside_the_child_comes_back_as_one_exception_naming_it(tmp_path):
+    """A broken image is found by the child (while screening its split), not by the parent's validation."""
+    folder = write_image_folder(tmp_path / "images", ["a", "b"], 12, size=16)
+    (folder / "a" / "0003.png").write_bytes(b"not an image at all")
+    config = parse_config({"seed": 0, "experiments": [{
+        "name": "broken",
+        "model": {"name": "resnet18", "options": {"stem": "cifar"}},
+        "data": {"dataset": "folder", "path": str(folder), "image_size": 16, "batch_size": 4, "val_fraction": 0.25},
+        "training": {"epochs": 1},
+    }]})
+    with pytest.raises(TriptychError, match="0003.png") as caught:
+        run_config(config, tmp_path / "out", RunOptions(report=False), log=lambda line: None)
+    assert not isinstance(caught.value, ExperimentCrashed)
+    assert "\n" not in str(caught.value)
