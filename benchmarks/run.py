@@ -18,6 +18,11 @@ A headline needs N >= 5 (the default: 5 with --quick, 7 without); fewer is flagg
 - ``train_fraction_of_matmul_peak``: ResNet-50 training FLOP/s (3 x forward MACs x 2 x img/s) / a large
   fp32 ``tf.matmul``'s FLOP/s (best of 3), measured just before and just after the rounds (>= 0.55);
 - ``input_pipeline_vs_model``: tf.data images/s on real JPEGs / ResNet-50 training images/s (>= 5);
+- ``precision_auto_choice_correct``: ``precision: auto``, resolved with an empty cache (its own
+  measurement), picked the faster of fp32 and bf16 as measured side by side in the same run on our
+  ResNet-50's training steps (``precision_auto_bf16_speedup_training``); ``bf16_native``: the CPU has
+  AVX512-BF16 or AMX and oneDNN may use them (not capped by ONEDNN_MAX_CPU_ISA); the bf16 speed-up
+  goal of 1.5x holds only there;
 - ``multiworker_2_matches_single``: 2 localhost workers (MultiWorkerMirroredStrategy) end with identical
   weights, match one process with the same global batch, and resume from BackupAndRestore.
 
@@ -58,7 +63,7 @@ import timing
 SHARED = Path(os.environ.get("TRIPTYCH_SHARED", HERE.parent.parent / "shared"))
 WIKIART = Path(os.environ.get("TRIPTYCH_MIRROR", SHARED / "datasets")) / "wikiart"
 XCEPTION_WEIGHTS = Path(os.environ.get("TRIPTYCH_WEIGHTS", SHARED / "weights")) / "xception_imagenet_notop.weights.h5"
-SECTIONS = ("multiworker", "resnet", "finetune", "bf16", "pipeline")
+SECTIONS = ("multiworker", "resnet", "finetune", "bf16", "precision", "pipeline")
 MIN_HEADLINE_ROUNDS = 5  # fewer alternating rounds: a smoke test, not a headline
 
 
@@ -70,8 +75,11 @@ def log(message: str) -> None:
 
 
 def machine() -> dict:
+    from triptych.training.precision_auto import this_machine
+
     return {
         **timing.cpu_resolution(),
+        "native_bf16": this_machine().native_bf16(),  # AVX512-BF16 / AMX that oneDNN may use here
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
@@ -327,6 +335,68 @@ def _head_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: dict[str, n
     }
 
 
+# --------------------------------------------------------------------------- precision: auto
+
+
+def precision_auto(quick: bool, rounds: int) -> dict:
+    """Does ``precision: auto`` pick the faster precision? It is resolved with an empty cache (so
+    it measures, in its child process, as on a fresh machine); then our ResNet-50 trains under
+    fp32 and under bf16 (same weights, same batch) in alternating rounds."""
+    import resnet_throughput as rt
+
+    from triptych.training.precision_auto import BF16_MARGIN, resolve_precision
+
+    with tempfile.TemporaryDirectory(prefix="triptych-precision-") as cache:
+        choice = resolve_precision("auto", cache=cache)
+    size, batch, steps = (64, 16, 1) if quick else (96, 32, 2)
+    models, data = _fp32_and_bf16_resnets(size), rt.synthetic_batches(size, batch)
+    resolution = (f"{rounds} rounds of {steps} ResNet-50 training step(s), {size}px batch {batch}; auto's own "
+                  f"probe: {choice.measured.get('probe', 'none (GPU rule or a failed measurement)')}")
+    try:
+        comparison = timing.alternate({p: functools.partial(rt.train_steps, m, data, steps) for p, m in models.items()}, rounds)
+    except tf.errors.OpError as err:  # bf16 may not run at all (ONEDNN_MAX_CPU_ISA=AVX2 on TF 2.21)
+        error = err.message.strip().splitlines()[-1].split(". Run workload")[0][:300]
+        log(f"precision auto: picked {choice.precision} ({choice.reason}); bf16 training does not run here: {error}")
+        return {"choice": choice.record(), "bf16_error": error, "faster": "fp32",
+                "correct": choice.precision == "fp32", "resolution": resolution}
+    finally:
+        del models
+        keras.backend.clear_session()
+    report = comparison.report("fp32", "bf16")  # fp32 seconds / bf16 seconds: bf16's speed-up
+    faster = "bf16" if report["ratio_wall"] > 1 else "fp32"
+    result = {
+        "choice": choice.record(),
+        "bf16_speedup_training": report["ratio_wall"],
+        "bf16_speedup_training_cpu_time": report["ratio_cpu"],
+        "faster": faster,
+        "correct": choice.precision == faster,
+        # auto keeps fp32 unless bf16 is >= BF16_MARGIN x faster: a "wrong" pick in between costs < 10%
+        "within_margin": 1 < report["ratio_wall"] < BF16_MARGIN,
+        "timing": report,
+        "resolution": resolution,
+    }
+    log(f"precision auto: picked {choice.precision} ({choice.reason}); ResNet-50 training {size}px batch {batch}: "
+        f"bf16 {report['ratio_wall']:.2f}x fp32 (median of {rounds} alternating rounds, per round "
+        f"{report['ratio_wall_round_min']:.2f}-{report['ratio_wall_round_max']:.2f}; CPU time {report['ratio_cpu']:.2f}x) "
+        f"-> faster: {faster}, auto correct: {result['correct']}")
+    return result
+
+
+def _fp32_and_bf16_resnets(size: int) -> dict[str, keras.Model]:
+    """Our ResNet-50 under each policy, compiled alike, with the same weights."""
+    import resnet_throughput as rt
+
+    from triptych.training.precision import precision_scope
+
+    models = {}
+    for precision in ("fp32", "bf16"):
+        with precision_scope(precision):
+            models[precision] = rt.ours(size)
+            models[precision].compile(keras.optimizers.SGD(0.01, momentum=0.9), "categorical_crossentropy")
+    models["bf16"].set_weights(models["fp32"].get_weights())
+    return models
+
+
 # --------------------------------------------------------------------------- input pipeline
 
 
@@ -428,6 +498,10 @@ def summarize(details: dict, rounds: int) -> dict:
     summary["train_fraction_of_matmul_peak"] = get("resnet", "224x224", "fraction_of_peak")
     summary["input_pipeline_vs_model"] = get("pipeline", "pipeline_vs_model")
     summary["input_pipeline_vs_model_cpu_time"] = get("pipeline", "pipeline_vs_model_cpu_time")
+    summary["precision_auto_choice_correct"] = get("precision", "correct")
+    summary["precision_auto_choice"] = get("precision", "choice", "precision")
+    summary["precision_auto_bf16_speedup_training"] = get("precision", "bf16_speedup_training")
+    summary["bf16_native"] = bool(details["machine"]["native_bf16"])
     summary["multiworker_2_matches_single"] = get("multiworker", "matches")
     summary["resnet50_train_img_per_s_224"] = get("resnet", "224x224", "triptych_img_per_s")
     summary["matmul_peak_gflops_fp32"] = get("peak", "float32_gflops")
@@ -470,6 +544,7 @@ def main() -> None:
         "resnet": lambda: resnet_training(args.quick, peak_n, rounds),
         "finetune": lambda: finetune(args.quick, rounds),
         "bf16": lambda: bf16_inference(args.quick, rounds),
+        "precision": lambda: precision_auto(args.quick, rounds),
         "pipeline": lambda: input_pipeline(args.quick, rounds),
     }
     errors = {}

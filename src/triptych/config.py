@@ -124,8 +124,10 @@ class TrainingConfig(_Strict):
         description="pretrained backbones: phase 2, e.g. {epochs: 3, learning_rate: 1.0e-5, unfreeze_blocks: [block14]}; "
         "null: head phase only",
     )
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="mixed precision: bf16 (mixed_bfloat16) or fp16 (mixed_float16, loss scaling); softmax and loss stay float32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="mixed precision: bf16 (mixed_bfloat16), fp16 (mixed_float16, loss scaling) or fp32; auto: bf16 "
+        "where measured faster on this machine (once, remembered in $TRIPTYCH_CACHE), else fp32; softmax and loss stay float32",
     )
     strategy: Literal["default", "mirrored", "multiworker"] = Field(
         "default", description="tf.distribute: mirrored (GPUs of one machine), multiworker (TF_CONFIG or Slurm)"

@@ -77,6 +77,15 @@ class FeatureCacheInfo(_Record):
     seconds: float
 
 
+class PrecisionInfo(_Record):
+    """The precision the experiment ran in (``training.precision: auto`` resolved) and why."""
+
+    precision: str  # fp32 | bf16 | fp16
+    requested: str  # as configured: auto | fp32 | bf16 | fp16
+    reason: str
+    measured: dict = {}  # auto on a CPU: the side-by-side bf16/fp32 measurement it chose by
+
+
 class RunRecord(_Record):
     """``manifest.json``: everything a run records about itself, written by the runner alone.
 
@@ -98,6 +107,7 @@ class RunRecord(_Record):
     data: DataInfo | None = None
     class_names: list[str] = []
     image_size: int | None = None
+    precision: PrecisionInfo | None = None
     preprocessing: str | None = None  # the input scaling the model was trained with (data.preprocessing key)
     weights: str | None = None  # where the weights came from (weights_origin), "random" for none
     weights_note: str | None = None  # why earlier weights candidates were not used

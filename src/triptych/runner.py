@@ -70,6 +70,7 @@ from triptych.rundir import (
     BadImageInfo,
     DataInfo,
     FeatureCacheInfo,
+    PrecisionInfo,
     RunDir,
     RunRecord,
     SplitFingerprints,
@@ -78,6 +79,7 @@ from triptych.rundir import (
 from triptych.training.callbacks import best_checkpoint_epoch, load_model_weights, read_history_rows
 from triptych.training.distribute import init_strategies, is_chief, set_threads, training_scope, worker_output_dir
 from triptych.training.phases import PhaseData, plan_phases, run_phase
+from triptych.training.precision_auto import resolve_precision
 
 Log = Callable[[str], None]
 
@@ -151,6 +153,9 @@ def run_experiment(exp: ExperimentConfig, out: Path, *, seed: int, resume: bool 
     record = start_record(exp, seed, previous)
     run.write_record(record)
     try:
+        exp, record.precision = resolved_precision(exp, record.precision)
+        run.write_record(record)
+        log(f"[{exp.name}] precision {record.precision.precision}: {record.precision.reason}")
         with training_scope(exp.training):  # tf.distribute strategy and mixed-precision policy
             train_and_evaluate(run, record, exp, seed, log)
     except BaseException as err:
@@ -163,6 +168,15 @@ def run_experiment(exp: ExperimentConfig, out: Path, *, seed: int, resume: bool 
     run.write_record(record)
     log(f"[{exp.name}] done: {run.root}")
     return run
+
+
+def resolved_precision(exp: ExperimentConfig, recorded: PrecisionInfo | None) -> tuple[ExperimentConfig, PrecisionInfo]:
+    """``training.precision: auto`` made concrete (measured once per machine, remembered); a
+    resumed run keeps the precision it started with. config.yaml keeps what the user wrote."""
+    if recorded is None or recorded.requested != exp.training.precision:
+        recorded = PrecisionInfo(**resolve_precision(exp.training.precision).record())
+    training = exp.training.model_copy(update={"precision": recorded.precision})
+    return exp.model_copy(update={"training": training}), recorded
 
 
 def write_config(run: RunDir, exp: ExperimentConfig, resume: bool) -> None:

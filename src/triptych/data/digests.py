@@ -16,9 +16,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from triptych.cache import cache_dir
 from triptych.io import atomic_write_text
 
-CACHE_ENV = "TRIPTYCH_CACHE"  # the same variable names the feature cache's folder
 MEMO_FILE = "file-digests.json"
 # A file modified this recently may be rewritten again within the file system's timestamp
 # resolution, keeping its mtime: its digest is used but not remembered.
@@ -30,7 +30,7 @@ _LOADED: set[Path] = set()
 
 def memo_path() -> Path:
     """Where the digests are remembered: ``$TRIPTYCH_CACHE/file-digests.json``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "triptych").expanduser() / MEMO_FILE
+    return cache_dir() / MEMO_FILE
 
 
 def file_digests(paths: Sequence[str | os.PathLike], memo: str | os.PathLike | None = None) -> list[str]:

@@ -250,6 +250,8 @@ def _record_info(view: RunView) -> list[tuple[str, fmt.Cell]]:
         ("weights note", None if warned else r.weights_note),
         ("seed", r.seed),
         ("image size", None if r.image_size is None else fmt.image_size(r.image_size)),
+        ("preprocessing", r.preprocessing),
+        ("precision", None if r.precision is None else f"{r.precision.precision} ({r.precision.requested}: {r.precision.reason})"),
         ("data", None if r.data is None else _data_text(r.data)),
         ("phases done", ", ".join(r.phases_done) or None),
         ("feature cache", None if r.feature_cache is None else _feature_cache_text(r.feature_cache)),
@@ -263,7 +265,7 @@ def _record_info(view: RunView) -> list[tuple[str, fmt.Cell]]:
     rows.append(("parameters", fmt.params(_trainer_field(view, "params"))))
     if r.peak_rss_mb is not None:
         rows.append(("peak memory", fmt.Cell(f"{r.peak_rss_mb:,.0f} MB",
-                                             title="peak resident memory (RSS) of the training process")))
+                                             title="peak resident memory (RSS) of this experiment's own process")))
     return rows
 
 

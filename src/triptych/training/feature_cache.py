@@ -19,9 +19,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from triptych.cache import CACHE_ENV
 from triptych.io import atomic_path
-
-CACHE_ENV = "TRIPTYCH_CACHE"
 
 
 def default_cache_dir() -> Path:

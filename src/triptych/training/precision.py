@@ -1,4 +1,9 @@
-"""Mixed precision as a config switch: ``training.precision: fp32 | bf16 | fp16``.
+"""Mixed precision as a config switch: ``training.precision: auto | fp32 | bf16 | fp16``.
+
+- ``auto`` (the default): bf16 where it is measured faster on this machine, else fp32 (GPUs:
+  by compute capability); :func:`triptych.training.precision_auto.resolve_precision` turns it
+  into one of the three below, with the reason, before any model is built. Everything here
+  takes a resolved value and refuses ``auto``, so that what ran is always what was recorded.
 
 - ``fp32``: everything in float32 (Keras's default).
 - ``bf16``: the ``mixed_bfloat16`` policy: layers compute in bfloat16, variables stay float32.
@@ -32,6 +37,11 @@ PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float1
 
 def policy_name(precision: str) -> str:
     """The Keras dtype policy for a ``training.precision`` value."""
+    if precision == "auto":
+        raise InvalidArgumentError(
+            "training.precision 'auto' must be resolved before models are built: pass "
+            "triptych.training.precision_auto.resolve_precision('auto').precision (fp32, bf16 or fp16)"
+        )
     try:
         return PRECISIONS[precision]
     except KeyError:

@@ -23,6 +23,8 @@ def test_policies_and_scope_restores_global_policy():
     assert [policy_name(p) for p in ("fp32", "bf16", "fp16")] == ["float32", "mixed_bfloat16", "mixed_float16"]
     with pytest.raises(TriptychError, match="bf16"):
         policy_name("int8")
+    with pytest.raises(TriptychError, match="resolve_precision"):  # auto is resolved first, and recorded
+        policy_name("auto")
     before = keras.config.dtype_policy().name
     with precision_scope("bf16"):
         assert keras.config.dtype_policy().name == "mixed_bfloat16"
@@ -33,7 +35,7 @@ def test_config_accepts_precision_and_strategy_and_names_the_allowed_values():
     exp = {"name": "x", "training": {"precision": "bf16", "strategy": "mirrored"}}
     training = parse_config({"experiments": [exp]}).experiments[0].training
     assert (training.precision, training.strategy) == ("bf16", "mirrored")
-    assert (TrainingConfig().precision, TrainingConfig().strategy) == ("fp32", "default")
+    assert (TrainingConfig().precision, TrainingConfig().strategy) == ("auto", "default")
     with pytest.raises(TriptychError, match="fp16"):
         parse_config({"experiments": [{"name": "x", "training": {"precision": "half"}}]})
     with pytest.raises(TriptychError, match="multiworker"):
