@@ -114,8 +114,9 @@ def _phase_cost(
     timing = _time_training(model, _batches(data.make("train", True)), cfg, steps, limit)
     # An epoch: its training steps, the validation pass, a backup and (when better) a best checkpoint.
     epoch = steps * timing.seconds + num_val / inference.timing.images_per_second + 2 * inference.save_seconds
-    # fit traces its own training and validation steps again.
-    fixed = timing.trace_seconds + inference.timing.trace_seconds
+    # fit traces its own training and validation steps again, and once more for a smaller last batch.
+    fixed = (timing.trace_seconds * _traces(data.num_train, data.batch_size)
+             + inference.timing.trace_seconds * _traces(num_val, data.batch_size))
     return PhaseCost(phase, epoch, fixed, max_epochs), timing
 
 
@@ -134,7 +135,13 @@ def _cached_head_cost(
     timing = _time_training(head, _repeat((features, labels)), exp.training, steps, limit)
     epoch = (steps + steps_for(num_val, data.batch_size)) * timing.seconds + inference.save_seconds
     build = (rows + num_val) / inference.timing.images_per_second + inference.timing.trace_seconds
-    return PhaseCost(HEAD, epoch, build + 2 * timing.trace_seconds, exp.training.epochs), timing
+    traces = _traces(rows, data.batch_size) + _traces(num_val, data.batch_size)
+    return PhaseCost(HEAD, epoch, build + traces * timing.trace_seconds, exp.training.epochs), timing
+
+
+def _traces(examples: int, batch_size: int) -> int:
+    """How often a fit traces its step for ``examples``: once, and again for a smaller last batch."""
+    return 1 + (examples > batch_size and examples % batch_size != 0)
 
 
 def _fine_tune_optimizer(exp: ExperimentConfig) -> TrainingConfig:
@@ -171,17 +178,22 @@ def _time_training(model: keras.Model, batches: Iterator, cfg: TrainingConfig, s
 
 def _time_steps(step, batches: Iterator, limit: float) -> StepTiming:
     """One traced call of ``step``, then up to :data:`WARMUP_STEPS` timed ones (fewer once they
-    have taken ``limit`` seconds); fetching each batch counts, as it does in an epoch."""
+    have taken ``limit`` seconds); fetching each batch counts, as it does in an epoch. Only batches
+    of the first one's size are stepped: a smaller last batch would be traced again."""
     started = time.perf_counter()
-    step(next(batches))
+    first_batch = next(batches)
+    step(first_batch)
     first = time.perf_counter() - started
+    size = int(first_batch[0].shape[0])
     times, images = [], 0
     while len(times) < WARMUP_STEPS and sum(times) < limit:
         started = time.perf_counter()
         batch = next(batches)
+        if int(batch[0].shape[0]) != size:
+            continue
         step(batch)
         times.append(time.perf_counter() - started)
-        images += int(batch[0].shape[0])
+        images += size
     mean = statistics.fmean(times)
     return StepTiming(mean, max(first - mean, 0.0), images / sum(times))
 
