@@ -23,6 +23,9 @@ A headline needs N >= 5 (the default: 5 with --quick, 7 without); fewer is flagg
   ResNet-50's training steps (``precision_auto_bf16_speedup_training``); ``bf16_native``: the CPU has
   AVX512-BF16 or AMX and oneDNN may use them (not capped by ONEDNN_MAX_CPU_ISA); the bf16 speed-up
   goal of 1.5x holds only there;
+- ``budget_overrun``: wall time / budget of a small budgeted run (``run_config`` with
+  ``RunOptions(budget=...)``: 120 s with --quick, else 300 s, two tiny CIFAR-10 experiments whose
+  configured epochs cannot fit, each in its own process, report included) (goal <= 1.05);
 - ``multiworker_2_matches_single``: 2 localhost workers (MultiWorkerMirroredStrategy) end with identical
   weights, match one process with the same global batch, and resume from BackupAndRestore.
 
@@ -63,7 +66,7 @@ import timing
 SHARED = Path(os.environ.get("TRIPTYCH_SHARED", HERE.parent.parent / "shared"))
 WIKIART = Path(os.environ.get("TRIPTYCH_MIRROR", SHARED / "datasets")) / "wikiart"
 XCEPTION_WEIGHTS = Path(os.environ.get("TRIPTYCH_WEIGHTS", SHARED / "weights")) / "xception_imagenet_notop.weights.h5"
-SECTIONS = ("multiworker", "resnet", "finetune", "bf16", "precision", "pipeline")
+SECTIONS = ("multiworker", "resnet", "finetune", "bf16", "precision", "pipeline", "budget")
 MIN_HEADLINE_ROUNDS = 5  # fewer alternating rounds: a smoke test, not a headline
 
 
@@ -448,6 +451,42 @@ def input_pipeline(quick: bool, rounds: int) -> dict:
     return result
 
 
+# --------------------------------------------------------------------------- time budget
+
+
+def budgeted_run(quick: bool, budget: float | None = None) -> dict:
+    """A whole config under one budget, timed from the call to the report: wall time / budget.
+    The default budget fits a quiet 2-core machine; a busy one needs more (``budget``)."""
+    from triptych.config import parse_config
+    from triptych.runner import RunOptions, run_config
+
+    budget = budget or (120 if quick else 300)
+    data = {"dataset": "cifar10", "image_size": 16, "train_per_class": 10, "test_per_class": 10, "batch_size": 16}
+    experiments = [
+        {"name": f"{name}_budgeted", "model": {"name": name, "options": {"stem": "cifar"}}, "data": data,
+         "training": {"epochs": 1000, "learning_rate": 0.05, "warmup_epochs": 1, "tensorboard": False}}
+        for name in ("resnet18", "resnet34")
+    ]
+    config = parse_config({"seed": 0, "title": "budget benchmark", "experiments": experiments})
+    with tempfile.TemporaryDirectory(prefix="triptych-budget-") as out:
+        started = time.perf_counter()
+        runs = run_config(config, out, RunOptions(budget=budget), log=lambda _line: None)
+        wall = time.perf_counter() - started
+        decisions = {run.name: run.read_record().budget.model_dump() for run in runs}
+    result = {
+        "budget_s": budget,
+        "wall_s": round(wall, 1),
+        "overrun": round(wall / budget, 3),
+        "decisions": decisions,
+        "load_average_end": timing.load_average(),
+        "resolution": f"one run of {len(experiments)} experiments (16px CIFAR-10, 100 train images each) under {budget} s",
+    }
+    chosen = ", ".join(f"{name} {d['chosen_epochs']['train']} epochs" for name, d in decisions.items())
+    log(f"budgeted run: {result['wall_s']} s for a budget of {budget} s = {result['overrun']}x ({chosen}; load "
+        f"{result['load_average_end'][0]})")
+    return result
+
+
 # --------------------------------------------------------------------------- multi-worker
 
 
@@ -503,6 +542,7 @@ def summarize(details: dict, rounds: int) -> dict:
     summary["precision_auto_bf16_speedup_training"] = get("precision", "bf16_speedup_training")
     summary["bf16_native"] = bool(details["machine"]["native_bf16"])
     summary["multiworker_2_matches_single"] = get("multiworker", "matches")
+    summary["budget_overrun"] = get("budget", "overrun")
     summary["resnet50_train_img_per_s_224"] = get("resnet", "224x224", "triptych_img_per_s")
     summary["matmul_peak_gflops_fp32"] = get("peak", "float32_gflops")
     summary["resolution"] = {
@@ -546,6 +586,7 @@ def main() -> None:
         "bf16": lambda: bf16_inference(args.quick, rounds),
         "precision": lambda: precision_auto(args.quick, rounds),
         "pipeline": lambda: input_pipeline(args.quick, rounds),
+        "budget": lambda: budgeted_run(args.quick),
     }
     errors = {}
     for name in sections:

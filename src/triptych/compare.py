@@ -11,20 +11,21 @@ A folder that cannot make a fair comparison is refused before anything trains: n
 fewer than two classes, or a class with fewer than :data:`MIN_IMAGES_PER_CLASS` usable images.
 
 ``budget`` ('5m', '90s', '1h') sizes the recipe to finish in about that time on a small CPU
-machine: fewer epochs, smaller images, a per-class cap on the images used (see
+machine: smaller images, a per-class cap on the images used, and each model's share as its
+``training.time_budget``, so that a measured warm-up chooses the epochs that fit (see
 :func:`plan_for_budget`, the one place a budget turns into settings).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from triptych.budget import parse_budget
 from triptych.config import Config, apply_override, parse_config
 from triptych.config_schema import commented_yaml
 from triptych.data.audit import AuditReport, audit_folder
@@ -68,25 +69,6 @@ _TIERS: tuple[tuple[float, dict[str, Any]], ...] = (
 )
 _UNLIMITED = dict(pretrained_size=None, scratch_size=None, train_per_class=None, test_per_class=None,
                   head_epochs=20, fine_tune_epochs=5, scratch_epochs=40)
-
-
-def parse_budget(budget: str | float | None) -> float | None:
-    """``'90s'``, ``'20m'``, ``'1h'``, ``'1h30m'`` or a number of seconds -> seconds (``None`` stays ``None``)."""
-    if budget is None:
-        return None
-    if isinstance(budget, int | float) and not isinstance(budget, bool):
-        seconds = float(budget)
-    else:
-        match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*",
-                             str(budget).lower())
-        if not match or not any(match.groups()):
-            raise InvalidArgumentError(
-                f"budget {budget!r} is not a duration; expected e.g. '90s', '20m', '1h', '1h30m' or seconds")
-        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
-        seconds = hours * 3600 + minutes * 60 + secs
-    if seconds <= 0:
-        raise InvalidArgumentError(f"budget must be positive, got {budget!r}")
-    return seconds
 
 
 def plan_for_budget(budget: str | float | None, n_models: int) -> Plan:
@@ -258,13 +240,14 @@ def _pretrained_model(name: str) -> dict[str, Any]:
 def _fine_tune_training(plan: Plan, blocks: list[str]) -> dict[str, Any]:
     """Phase 1: the head on cached frozen features; phase 2: the last block(s) at a small learning rate."""
     return {"epochs": plan.head_epochs, "optimizer": "adam", "learning_rate": 1e-3, "weight_decay": 0.0,
-            "schedule": "constant", "feature_cache": True,
+            "schedule": "constant", "feature_cache": True, "time_budget": plan.seconds_per_model,
             "fine_tune": {"epochs": plan.fine_tune_epochs, "learning_rate": 1e-5, "unfreeze_blocks": blocks}}
 
 
 def _scratch_training(plan: Plan) -> dict[str, Any]:
     return {"epochs": plan.scratch_epochs, "optimizer": "adamw", "learning_rate": 2e-3, "weight_decay": 0.05,
-            "schedule": "cosine", "warmup_epochs": 1 if plan.scratch_epochs >= 4 else 0, "label_smoothing": 0.1}
+            "schedule": "cosine", "warmup_epochs": 1 if plan.scratch_epochs >= 4 else 0, "label_smoothing": 0.1,
+            "time_budget": plan.seconds_per_model}
 
 
 def recipe_yaml(config: Config, audit: AuditReport, budget: str | float | None = None) -> str:
@@ -274,7 +257,8 @@ def recipe_yaml(config: Config, audit: AuditReport, budget: str | float | None =
         sizing = "no budget: native input sizes, every image, full epochs"
     else:
         sizing = (f"budget {budget}: about {plan.seconds_per_model:.0f} s per model on a small CPU machine, so smaller "
-                  "inputs, fewer epochs and train_per_class/test_per_class caps")
+                  "inputs, train_per_class/test_per_class caps and time_budget (a measured warm-up chooses the "
+                  "epochs that fit; the epochs below are upper limits)")
     header = "\n".join([
         f"triptych compare recipe for {audit.root}, written {dt.datetime.now().astimezone():%Y-%m-%d %H:%M}",
         *(f"audit: {note}" for note in folder_notes(audit)),

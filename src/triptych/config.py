@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from triptych.budget import parse_budget
 from triptych.errors import TriptychError
 
 
@@ -132,6 +133,18 @@ class TrainingConfig(_Strict):
     strategy: Literal["default", "mirrored", "multiworker"] = Field(
         "default", description="tf.distribute: mirrored (GPUs of one machine), multiworker (TF_CONFIG or Slurm)"
     )
+    time_budget: str | float | None = Field(
+        None,
+        description="wall time for the whole experiment, e.g. '90s', '10m', '1h30m' or seconds: a measured warm-up "
+        "on this machine chooses the epochs (and the schedule's length) that fit; epochs and fine_tune.epochs "
+        "become upper limits. null: train the configured epochs",
+    )
+
+    @field_validator("time_budget")
+    @classmethod
+    def _duration(cls, budget: str | float | None) -> str | float | None:
+        parse_budget(budget)  # a typo is refused with the config, not after the data is loaded
+        return budget
 
 
 class ExperimentConfig(_Strict):

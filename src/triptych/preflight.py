@@ -11,6 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
+from triptych.budget import parse_budget
 from triptych.config import Config, ExperimentConfig
 from triptych.errors import InvalidArgumentError, MissingFileError, TriptychError
 from triptych.models.registry import ModelSpec, get_spec
@@ -27,6 +28,25 @@ def validate_experiments(config: Config) -> None:
         _check_options(exp, spec)
         _check_files(exp, spec)
         _check_phases(exp, spec)
+        _check_time_budget(exp, exp.training.time_budget)
+
+
+def check_budget(config: Config, budget: str | float | None) -> float | None:
+    """A whole config's budget (``budget``, e.g. '10m') in seconds, refused where it cannot apply."""
+    seconds = parse_budget(budget)
+    if seconds is not None:
+        for exp in config.experiments:
+            _check_time_budget(exp, budget, key="budget")
+    return seconds
+
+
+def _check_time_budget(exp: ExperimentConfig, budget: str | float | None, key: str = "training.time_budget") -> None:
+    # Each worker would measure its own speed and could choose other epochs than the rest: they would hang.
+    if budget is not None and exp.training.strategy == "multiworker":
+        raise InvalidArgumentError(
+            f"experiment {exp.name}: {key} cannot be used with training.strategy multiworker (each worker would "
+            "choose its own epochs); set training.epochs instead"
+        )
 
 
 def _check_options(exp: ExperimentConfig, spec: ModelSpec) -> None:

@@ -86,6 +86,20 @@ class PrecisionInfo(_Record):
     measured: dict = {}  # auto on a CPU: the side-by-side bf16/fp32 measurement it chose by
 
 
+class BudgetInfo(_Record):
+    """A time budget turned into epochs (``training.time_budget``), decided once before training
+    from a measured warm-up on this machine; a resumed run reuses it and never measures again."""
+
+    seconds: float  # the experiment's budget (its share, for a whole config's budget)
+    chosen_epochs: dict[str, int]  # per phase, in order ("train", or "head" then "fine-tune")
+    configured_epochs: dict[str, int]  # the upper limits from the config
+    seconds_per_epoch: dict[str, float]  # measured: training steps, validation, checkpoints
+    train_img_s: dict[str, float]  # measured training speed per phase (head on a cache: features/s)
+    predict_img_s: float  # measured inference speed (validation, cache build, test predictions)
+    fixed_seconds: float  # outside the epochs: spent before the decision, traces, cache build, evaluation
+    planned_seconds: float  # the plan's total
+
+
 class RunRecord(_Record):
     """``manifest.json``: everything a run records about itself, written by the runner alone.
 
@@ -115,6 +129,7 @@ class RunRecord(_Record):
     frozen_base_phase: bool | None = None  # phase 1 trains the head on a frozen backbone
     phases_done: list[str] = []  # "train", or "head" then "fine-tune"
     feature_cache: FeatureCacheInfo | None = None
+    budget: BudgetInfo | None = None  # training.time_budget: the epochs chosen for it and why
     best_epoch: int | None = None
     train_seconds: float | None = None  # the epochs in history.csv (every session) plus feature extraction
     predict_seconds: float | None = None

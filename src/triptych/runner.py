@@ -9,7 +9,9 @@ One experiment, top to bottom (:func:`run_experiment`):
 2. :func:`prepare_data` -> :class:`PreparedData`: the splits, after screening the image files
    and the near-duplicate check, and ``split.csv``;
 3. :func:`build_model` -> :class:`BuiltModel`: the model with the first usable weights;
-4. :func:`train` -> :class:`TrainResult`: every phase not done yet, each recorded when it ends;
+4. :func:`plan_budget` -> :class:`~triptych.rundir.BudgetInfo` (``training.time_budget`` only): the
+   epochs that fit, from a measured warm-up (or as decided before, when resuming);
+   :func:`train` -> :class:`TrainResult`: every phase not done yet, each recorded when it ends;
 5. :func:`evaluate` -> :class:`Evaluation`: ``model.keras``, ``predictions.csv``, ``metrics.json``;
 6. :func:`write_extras`: ``profile.json`` and Grad-CAM overlays.
 
@@ -30,8 +32,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+import psutil
 
 from triptych import tracking
+from triptych.budget import BudgetClock, describe, parse_budget
 from triptych.config import Config, ExperimentConfig, to_yaml
 from triptych.data.leakage import guard_cross_split_duplicates
 from triptych.data.pipeline import Augment, make_dataset
@@ -57,6 +61,7 @@ from triptych.preflight import (
     ONE_NETWORK_FAMILIES,
     expand,
     frozen_base_phase,
+    check_budget,
     prepare_output_dir,
     validate_experiments,
     weight_candidates,
@@ -68,6 +73,7 @@ from triptych.rundir import (
     STATUS_FAILED,
     STATUS_RUNNING,
     BadImageInfo,
+    BudgetInfo,
     DataInfo,
     FeatureCacheInfo,
     PrecisionInfo,
@@ -76,6 +82,7 @@ from triptych.rundir import (
     SplitFingerprints,
     experiment_dirs,
 )
+from triptych.training.budget_plan import plan_epochs, with_chosen_epochs
 from triptych.training.callbacks import best_checkpoint_epoch, load_model_weights, read_history_rows
 from triptych.training.distribute import init_strategies, is_chief, set_threads, training_scope, worker_output_dir
 from triptych.training.phases import PhaseData, plan_phases, run_phase
@@ -95,6 +102,9 @@ class RunOptions:
     isolate: bool = True
     threads: int | None = None  # TensorFlow intra-op threads in each experiment; None: TensorFlow's choice
     track: str | None = None  # overrides config.tracking ("none" | "mlflow")
+    # Wall time for the whole config ('10m', seconds): shared out over the experiments as they run,
+    # each one's share becoming its training.time_budget. None: each experiment's own time_budget.
+    budget: str | float | None = None
 
 
 def run_config(config: Config, out: str | Path, options: RunOptions = RunOptions(), log: Log = print) -> list[RunDir]:
@@ -102,6 +112,7 @@ def run_config(config: Config, out: str | Path, options: RunOptions = RunOptions
     validate_experiments(config)  # a mistake in any experiment stops the run before the first trains
     if options.threads is not None and options.threads < 1:
         raise InvalidArgumentError(f"threads must be at least 1, got {options.threads}")
+    clock = budget_clock(config, options)
     strategies = [exp.training.strategy for exp in config.experiments]
     if not options.isolate:
         init_strategies(strategies)  # before TensorFlow runs anything (the multi-worker strategy needs that)
@@ -111,7 +122,8 @@ def run_config(config: Config, out: str | Path, options: RunOptions = RunOptions
     kind = options.track or config.tracking
     with tracking.start(config, out, kind=kind if is_chief() else "none") as tracker:
         runs = []
-        for exp in config.experiments:
+        for index, exp in enumerate(config.experiments):
+            exp = with_budget_share(exp, out, clock, len(config.experiments) - index)
             runs.append(_run_one(exp, out, config.seed, options, log))
             if exp.name not in done_before:
                 tracker.log_experiment(runs[-1].root)
@@ -122,6 +134,30 @@ def run_config(config: Config, out: str | Path, options: RunOptions = RunOptions
             log(f"report: {report}")
         tracker.close(report=report)
     return runs
+
+
+# What a config's budget keeps back for the report and the diagrams after the last experiment.
+REPORT_RESERVE_S, REPORT_RESERVE_PER_EXPERIMENT_S = 3.0, 2.0
+
+
+def budget_clock(config: Config, options: RunOptions) -> BudgetClock | None:
+    """The config's budget (``options.budget``), checked, with the report's reserve; None without one."""
+    total = check_budget(config, options.budget)
+    if total is None:
+        return None
+    reserve = REPORT_RESERVE_S + REPORT_RESERVE_PER_EXPERIMENT_S * len(config.experiments) if options.report else 0.0
+    return BudgetClock(total, reserve_s=reserve)
+
+
+def with_budget_share(exp: ExperimentConfig, out: Path, clock: BudgetClock | None, left: int) -> ExperimentConfig:
+    """``exp`` with its share of the config's budget as ``training.time_budget``: an equal share of
+    what is left, or (resuming) the share it was given before, so that its config stays the same."""
+    if clock is None:
+        return exp
+    run = RunDir(out / exp.name)
+    decided = run.read_record().budget if run.manifest.exists() else None
+    share = decided.seconds if decided is not None else clock.share(left)
+    return exp.model_copy(update={"training": exp.training.model_copy(update={"time_budget": share})})
 
 
 def _run_one(exp: ExperimentConfig, out: Path, seed: int, options: RunOptions, log: Log) -> RunDir:
@@ -137,11 +173,18 @@ def run_experiment_here(exp: ExperimentConfig, out: Path, *, seed: int, resume: 
     """One experiment in this (fresh) process, as :mod:`triptych.isolation`'s child runs it."""
     set_threads(threads)
     init_strategies([exp.training.strategy])  # before TensorFlow runs anything
-    return run_experiment(exp, out, seed=seed, resume=resume, log=lambda line: print(line, flush=True))
+    started = psutil.Process().create_time()  # a time budget counts this process's start-up too
+    return run_experiment(exp, out, seed=seed, resume=resume, log=lambda line: print(line, flush=True), started=started)
 
 
-def run_experiment(exp: ExperimentConfig, out: Path, *, seed: int, resume: bool = False, log: Log = print) -> RunDir:
-    """Train and evaluate one experiment; a finished one is skipped when resuming."""
+def run_experiment(
+    exp: ExperimentConfig, out: Path, *, seed: int, resume: bool = False, log: Log = print, started: float | None = None
+) -> RunDir:
+    """Train and evaluate one experiment; a finished one is skipped when resuming.
+
+    ``started`` (``time.time()``, default: now) is where ``training.time_budget`` starts counting.
+    """
+    started = time.time() if started is None else started
     run = RunDir(Path(out) / exp.name)
     previous = run.read_record() if resume else None
     if previous is not None and previous.status == STATUS_DONE:
@@ -157,7 +200,7 @@ def run_experiment(exp: ExperimentConfig, out: Path, *, seed: int, resume: bool 
         run.write_record(record)
         log(f"[{exp.name}] precision {record.precision.precision}: {record.precision.reason}")
         with training_scope(exp.training):  # tf.distribute strategy and mixed-precision policy
-            train_and_evaluate(run, record, exp, seed, log)
+            train_and_evaluate(run, record, exp, seed, log, started)
     except BaseException as err:
         record_failure(run, record, err)
         message = storage_error(err, run.root) if isinstance(err, OSError) else None
@@ -221,7 +264,9 @@ def record_failure(run: RunDir, record: RunRecord, err: BaseException) -> None:
         pass  # a full disk cannot take the record either; the error itself says what happened
 
 
-def train_and_evaluate(run: RunDir, record: RunRecord, exp: ExperimentConfig, seed: int, log: Log) -> None:
+def train_and_evaluate(
+    run: RunDir, record: RunRecord, exp: ExperimentConfig, seed: int, log: Log, started: float
+) -> None:
     """Steps 2-6 of the experiment; the record is saved after each step that adds to it."""
     keras.utils.set_random_seed(seed)
     # Our datasets are shuffled by tf.data; Keras warns that its own shuffle flag is ignored.
@@ -247,6 +292,9 @@ def train_and_evaluate(run: RunDir, record: RunRecord, exp: ExperimentConfig, se
     )
 
     inputs = phase_data(exp, data.splits, built, seed)
+    record.budget = plan_budget(exp, built, inputs, data.splits, record.budget, started, seed, log)
+    run.write_record(record)
+    exp = with_chosen_epochs(exp, record.budget)  # the configured epochs are upper limits
     result = train(run, record, exp, built, inputs, log)
     record.best_epoch, record.train_seconds = result.best_epoch, result.train_seconds
     run.write_record(record)
@@ -382,6 +430,27 @@ def phase_data(exp: ExperimentConfig, splits: Splits, built: BuiltModel, seed: i
 
 
 # --- step 4: training -----------------------------------------------------------------------
+
+
+def plan_budget(
+    exp: ExperimentConfig, built: BuiltModel, inputs: PhaseData, splits: Splits, decided: BudgetInfo | None,
+    started: float, seed: int, log: Log,
+) -> BudgetInfo | None:
+    """The epochs that fit ``training.time_budget`` (None without one): measured by a warm-up on
+    this machine, or, resuming, the decision of the first session (never measured again)."""
+    seconds = parse_budget(exp.training.time_budget)
+    if seconds is None:
+        return None
+    if decided is not None and decided.seconds == seconds:
+        log(f"[{exp.name}] {describe(decided)}, as decided when the run started")
+        return decided
+    phases = plan_phases(exp.training, built.frozen_base)
+    decision = plan_epochs(exp, built.model, inputs, phases, budget_s=seconds, spent_s=time.time() - started,
+                           num_val=len(splits.val), num_test=len(splits.test))
+    keras.utils.set_random_seed(seed)  # the warm-up drew random numbers: training starts as it would without it
+    log(f"[{exp.name}] {describe(decision)}")
+    return decision
+
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,9 @@ def test_recipe_fine_tunes_pretrained_backbones_and_trains_the_others_from_scrat
     assert budgeted.experiments[0].data.image_size == plan.pretrained_size
     assert budgeted.experiments[1].data.train_per_class == plan.train_per_class
     assert [e.training.epochs for e in budgeted.experiments] == [2, 2]
+    # Each model's share becomes its time budget: the epochs above are upper limits.
+    assert [e.training.time_budget for e in budgeted.experiments] == [150, 150]
+    assert all(e.training.time_budget is None for e in config.experiments)
 
 
 def test_init_prints_a_commented_config_that_run_accepts(image_folder, tmp_path, capsys):
@@ -162,10 +165,12 @@ def test_config_schema_command_lists_every_key(capsys):
 def test_compare_end_to_end_on_a_tiny_folder(tmp_path, monkeypatch, capsys):
     folder = write_image_folder(tmp_path / "images", ["cats", "dogs"], 12, size=16)
     out = tmp_path / "run"
-    # An unusable tracking store: the comparison must still finish, with one warning line.
+    # An unusable tracking store: the comparison must still finish, with one warning line. No time
+    # budget: a minute may not fit one epoch on a busy machine (test_budget_run.py covers budgets).
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://nowhere")
     runs = compare_folder(folder, ["resnet18"], out, budget="1m", track="mlflow",
-                          overrides=["data.image_size=16", "training.epochs=1", "data.batch_size=8"])
+                          overrides=["data.image_size=16", "training.epochs=1", "data.batch_size=8",
+                                     "training.time_budget=null"])
     assert [run.name for run in runs] == ["resnet18_scratch"] and runs[0].is_done()
     assert (out / "report.html").is_file()
     written = load_config(out / "config.yaml")

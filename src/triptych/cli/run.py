@@ -8,7 +8,7 @@ from triptych.cli import add_command_parser
 from triptych.config import load_config
 from triptych.errors import TriptychError
 from triptych.io import storage_error
-from triptych.preflight import validate_experiments
+from triptych.preflight import check_budget, validate_experiments
 
 DESCRIPTION = """\
 Train and evaluate every experiment in a YAML config. Each experiment gets DIR/<name>/ with
@@ -23,6 +23,7 @@ examples:
   triptych run configs/demo.yaml --out runs/demo
   triptych run configs/cifar10.yaml --out runs/c10 --set training.epochs=30 --set data.batch_size=128
   triptych run configs/cifar10.yaml --out runs/c10 --resume
+  triptych run configs/demo.yaml --out runs/demo --budget 10m   # epochs chosen to fit 10 minutes
 
 every config key, with its type, default and meaning: triptych config --schema
 
@@ -47,6 +48,12 @@ def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true", help="continue unfinished experiments in DIR, skip finished ones")
     existing.add_argument("--overwrite", action="store_true", help="delete an existing run directory DIR first")
+    parser.add_argument(
+        "--budget", default=None, metavar="DURATION",
+        help="wall time for the whole config, e.g. 90s, 10m, 1h30m: shared out over the experiments (each share "
+        "becomes its training.time_budget); a measured warm-up chooses the epochs that fit, the configured "
+        "epochs are upper limits",
+    )
     parser.add_argument("--no-report", action="store_true", help="skip writing DIR/report.html")
     parser.add_argument(
         "--threads", type=int, default=None, metavar="N",
@@ -70,10 +77,12 @@ def execute(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])]
     config = load_config(args.config, overrides)
     validate_experiments(config)  # before TensorFlow loads, so that a config mistake is refused at once
+    check_budget(config, args.budget)
     from triptych.runner import RunOptions, run_config  # loads TensorFlow
 
     options = RunOptions(
-        resume=args.resume, overwrite=args.overwrite, report=not args.no_report, threads=args.threads, track=args.track
+        resume=args.resume, overwrite=args.overwrite, report=not args.no_report, threads=args.threads, track=args.track,
+        budget=args.budget,
     )
     try:
         run_config(config, args.out, options)
@@ -86,4 +95,5 @@ def execute(args: argparse.Namespace) -> int:
 
 
 # The library names its Python arguments; cli/main.py puts this command's flags in their place.
-FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "threads": "--threads", "track": "--track"}
+FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "threads": "--threads", "track": "--track",
+         "budget": "--budget"}

@@ -25,7 +25,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from triptych import __version__
+from triptych import __version__, budget
 from triptych.io import atomic_write_text
 import triptych.reporting.format as fmt
 from triptych.reporting.comparison import ALPHA, CARD_FIELDS, mcnemar_summary, write_comparison
@@ -255,6 +255,7 @@ def _record_info(view: RunView) -> list[tuple[str, fmt.Cell]]:
         ("data", None if r.data is None else _data_text(r.data)),
         ("phases done", ", ".join(r.phases_done) or None),
         ("feature cache", None if r.feature_cache is None else _feature_cache_text(r.feature_cache)),
+        ("time budget", None if r.budget is None else budget.describe(r.budget)),
         ("started", r.started),
         ("ended", r.finished),
         ("git sha", r.git_sha),

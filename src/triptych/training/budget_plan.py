@@ -1,0 +1,226 @@
+"""The warm-up behind ``training.time_budget``: measure on this machine what each training phase of
+an experiment costs, choose the epochs that fit (:func:`triptych.budget.choose_epochs`), and give
+the experiment those epochs with its schedule fitted to them (:func:`with_chosen_epochs`).
+
+The warm-up trains the real model (this size, batch, precision, optimizer, input pipeline) for a
+few steps of each phase after one traced step, and times the inference pass on validation batches
+and one checkpoint save. It then puts the model's weights and trainable flags back, so training
+starts where it would have without a budget.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from triptych.budget import PhaseCost, choose_epochs
+from triptych.config import ExperimentConfig, TrainingConfig
+from triptych.models.forward import forward_function
+from triptych.models.pretrained import unfreeze
+from triptych.rundir import BudgetInfo
+from triptych.training.feature_cache import head_model
+from triptych.training.phases import FINE_TUNE, HEAD, TRAIN, PhaseData
+from triptych.training.trainer import compile_model, steps_for
+
+WARMUP_STEPS = 5  # timed steps per measurement, after one traced step
+WARMUP_SHARE = 0.02  # of the budget: a measurement stops timing steps once they have taken this long
+# profile.json times 7 batch-1 and 5 batch-32 forward passes: counted as 12 batches of 32, to be safe.
+PROFILE_IMAGES = 12 * 32
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    seconds: float  # one step (a batch in, its update done), mean of the timed steps
+    trace_seconds: float  # what the first step took more: paid again by each fit's own trace
+    images_per_second: float
+
+
+@dataclass(frozen=True)
+class Inference:
+    timing: StepTiming  # the traced forward pass on validation batches (as validation and predictions run)
+    save_seconds: float  # one weights checkpoint
+
+
+def plan_epochs(
+    exp: ExperimentConfig, model: keras.Model, data: PhaseData, phases: list[str], *,
+    budget_s: float, spent_s: float, num_val: int, num_test: int,
+) -> BudgetInfo:
+    """The epochs of ``phases`` that fit ``budget_s``, of which ``spent_s`` is already gone.
+
+    Raises :class:`~triptych.errors.InvalidArgumentError` when one epoch of each phase does not fit.
+    """
+    started = time.perf_counter()
+    limit = WARMUP_SHARE * budget_s
+    inference = _measure_inference(model, data, limit)
+    with _state_kept(model):
+        measured = {phase: _phase_cost(phase, exp, model, data, inference, num_val, limit) for phase in phases}
+    costs = [cost for cost, _ in measured.values()]
+    fixed = spent_s + (time.perf_counter() - started) + _after_training_seconds(inference, num_test)
+    chosen = choose_epochs(budget_s, fixed, costs, experiment=exp.name)
+    planned = fixed + sum(c.fixed_seconds + chosen[c.phase] * c.epoch_seconds for c in costs)
+    return BudgetInfo(
+        seconds=budget_s,
+        chosen_epochs=chosen,
+        configured_epochs={c.phase: c.max_epochs for c in costs},
+        seconds_per_epoch={c.phase: round(c.epoch_seconds, 3) for c in costs},
+        train_img_s={phase: round(timing.images_per_second, 1) for phase, (_, timing) in measured.items()},
+        predict_img_s=round(inference.timing.images_per_second, 1),
+        fixed_seconds=round(fixed + sum(c.fixed_seconds for c in costs), 1),
+        planned_seconds=round(planned, 1),
+    )
+
+
+def with_chosen_epochs(exp: ExperimentConfig, decision: BudgetInfo | None) -> ExperimentConfig:
+    """``exp`` with the chosen epochs; its schedule (warm-up, step epochs) scaled to them, so a
+    cosine schedule still ends at the last chosen epoch."""
+    if decision is None:
+        return exp
+    training = exp.training
+    first = decision.chosen_epochs.get(TRAIN, decision.chosen_epochs.get(HEAD, training.epochs))
+    scale = first / training.epochs
+    update: dict = {
+        "epochs": first,
+        "warmup_epochs": training.warmup_epochs * scale,
+        "step_epochs": sorted({max(1, round(e * scale)) for e in training.step_epochs}),
+    }
+    if FINE_TUNE in decision.chosen_epochs and training.fine_tune:
+        update["fine_tune"] = training.fine_tune.model_copy(update={"epochs": decision.chosen_epochs[FINE_TUNE]})
+    return exp.model_copy(update={"training": training.model_copy(update=update)})
+
+
+def _phase_cost(
+    phase: str, exp: ExperimentConfig, model: keras.Model, data: PhaseData, inference: Inference, num_val: int,
+    limit: float,
+) -> tuple[PhaseCost, StepTiming]:
+    """One epoch and the once-per-phase costs of ``phase``, from a few real training steps."""
+    if phase == HEAD and exp.training.feature_cache:
+        return _cached_head_cost(exp, model, data, inference, num_val, limit)
+    cfg, max_epochs = exp.training, exp.training.epochs
+    if phase == FINE_TUNE:
+        ft = exp.training.fine_tune
+        unfreeze(model, ft.unfreeze_blocks, ft.unfreeze_layers)
+        cfg, max_epochs = _fine_tune_optimizer(exp), ft.epochs
+    elif phase == HEAD:
+        model.get_layer("base").trainable = False
+    steps = steps_for(data.num_train, data.batch_size)
+    timing = _time_training(model, _batches(data.make("train", True)), cfg, steps, limit)
+    # An epoch: its training steps, the validation pass, a backup and (when better) a best checkpoint.
+    epoch = steps * timing.seconds + num_val / inference.timing.images_per_second + 2 * inference.save_seconds
+    # fit traces its own training and validation steps again, and once more for a smaller last batch.
+    fixed = (timing.trace_seconds * _traces(data.num_train, data.batch_size)
+             + inference.timing.trace_seconds * _traces(num_val, data.batch_size))
+    return PhaseCost(phase, epoch, fixed, max_epochs), timing
+
+
+def _cached_head_cost(
+    exp: ExperimentConfig, model: keras.Model, data: PhaseData, inference: Inference, num_val: int, limit: float
+) -> tuple[PhaseCost, StepTiming]:
+    """The head on cached features: the cache build (the frozen backbone over every train view and
+    val image) once, then cheap epochs of a dense layer, timed here on stand-in features."""
+    rows = data.num_train * exp.training.cache_views
+    dim = int(model.get_layer("predictions").kernel.shape[0])
+    classes = int(model.output_shape[-1])
+    features = np.random.default_rng(0).standard_normal((data.batch_size, dim)).astype(np.float32)
+    labels = keras.utils.to_categorical(np.arange(data.batch_size) % classes, classes).astype(np.float32)
+    head = head_model(model, dim)
+    steps = steps_for(rows, data.batch_size)
+    timing = _time_training(head, _repeat((features, labels)), exp.training, steps, limit)
+    epoch = (steps + steps_for(num_val, data.batch_size)) * timing.seconds + inference.save_seconds
+    build = (rows + num_val) / inference.timing.images_per_second + inference.timing.trace_seconds
+    traces = _traces(rows, data.batch_size) + _traces(num_val, data.batch_size)
+    return PhaseCost(HEAD, epoch, build + traces * timing.trace_seconds, exp.training.epochs), timing
+
+
+def _traces(examples: int, batch_size: int) -> int:
+    """How often a fit traces its step for ``examples``: once, and again for a smaller last batch."""
+    return 1 + (examples > batch_size and examples % batch_size != 0)
+
+
+def _fine_tune_optimizer(exp: ExperimentConfig) -> TrainingConfig:
+    """The optimizer and loss phase 2 trains with (as triptych.training.phases sets them up)."""
+    ft = exp.training.fine_tune
+    return TrainingConfig(epochs=ft.epochs, optimizer=ft.optimizer, learning_rate=ft.learning_rate, weight_decay=0.0,
+                          schedule="constant", label_smoothing=exp.training.label_smoothing)
+
+
+def _after_training_seconds(inference: Inference, num_test: int) -> float:
+    """Evaluation and extras: model.keras, the test predictions, profile.json, Grad-CAM (which
+    loads the saved model and traces its gradient pass)."""
+    speed = inference.timing.images_per_second
+    saves_and_loads = 4 * inference.save_seconds
+    return (num_test + PROFILE_IMAGES) / speed + saves_and_loads + 2 * inference.timing.trace_seconds
+
+
+def _measure_inference(model: keras.Model, data: PhaseData, limit: float) -> Inference:
+    """The traced forward pass (the one the test predictions reuse) and one checkpoint save."""
+    forward = forward_function(model)
+    timing = _time_steps(lambda batch: forward(batch[0]).numpy(), _batches(data.make("val", False)), limit)
+    with tempfile.TemporaryDirectory(prefix="triptych-warmup-") as tmp:
+        started = time.perf_counter()
+        model.save_weights(str(Path(tmp) / "warmup.weights.h5"))
+        save = time.perf_counter() - started
+    return Inference(timing, save)
+
+
+def _time_training(model: keras.Model, batches: Iterator, cfg: TrainingConfig, steps_per_epoch: int,
+                   limit: float) -> StepTiming:
+    compile_model(model, cfg, steps_per_epoch)
+    return _time_steps(lambda batch: model.train_on_batch(batch[0], batch[1]), batches, limit)
+
+
+def _time_steps(step, batches: Iterator, limit: float) -> StepTiming:
+    """One traced call of ``step``, then up to :data:`WARMUP_STEPS` timed ones (fewer once they
+    have taken ``limit`` seconds); fetching each batch counts, as it does in an epoch. Only batches
+    of the first one's size are stepped: a smaller last batch would be traced again."""
+    started = time.perf_counter()
+    first_batch = next(batches)
+    step(first_batch)
+    first = time.perf_counter() - started
+    size = int(first_batch[0].shape[0])
+    times, images = [], 0
+    while len(times) < WARMUP_STEPS and sum(times) < limit:
+        started = time.perf_counter()
+        batch = next(batches)
+        if int(batch[0].shape[0]) != size:
+            continue
+        step(batch)
+        times.append(time.perf_counter() - started)
+        images += size
+    mean = statistics.fmean(times)
+    return StepTiming(mean, max(first - mean, 0.0), images / sum(times))
+
+
+def _batches(dataset) -> Iterator:
+    return iter(dataset.repeat())
+
+
+def _repeat(batch) -> Iterator:
+    while True:
+        yield batch
+
+
+@contextmanager
+def _state_kept(model: keras.Model):
+    """Weights (BatchNorm statistics included) and trainable flags as they were before the warm-up."""
+    weights = model.get_weights()
+    flags = [(layer, layer.trainable) for layer in _layers(model)]
+    try:
+        yield
+    finally:
+        for layer, trainable in flags:  # outer layers first: setting a model's flag sets its layers' too
+            layer.trainable = trainable
+        model.set_weights(weights)
+
+
+def _layers(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
+    yield layer
+    for inner in getattr(layer, "layers", []):
+        yield from _layers(inner)

@@ -1,0 +1,99 @@
+"""The warm-up behind training.time_budget: it leaves the model as it found it, its decision is
+what the phases train, and the schedule follows the chosen epochs.
+
+A tiny backbone with DenseNet's layer names stands in for DenseNet-121 (as in test_phases.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from triptych.config import parse_config
+from triptych.models import build
+from triptych.runner import run_experiment
+from triptych.training.budget_plan import plan_epochs, with_chosen_epochs
+from triptych.training.phases import FINE_TUNE, HEAD, PhaseData
+from triptych.training.test_phases import tiny_densenet
+
+
+@pytest.fixture(autouse=True)
+def tiny_backbone(monkeypatch):
+    from triptych.models import pretrained
+
+    monkeypatch.setitem(pretrained.BACKBONES, "densenet121", tiny_densenet)
+
+
+def experiment(folder=None, weights=None, **training):
+    data = {"dataset": "folder", "path": str(folder), "image_size": 32, "batch_size": 8, "val_fraction": 0.2,
+            "test_fraction": 0.25, "duplicates": "allow"} if folder else {"image_size": 32, "batch_size": 8}
+    return parse_config({"experiments": [{
+        "name": "dn",
+        "model": {"name": "densenet121", "weights": None if weights is None else str(weights)},
+        "data": data,
+        "training": {"epochs": 4, "optimizer": "adam", "learning_rate": 1e-2, "weight_decay": 0.0,
+                     "tensorboard": False, "fine_tune": {"epochs": 3, "unfreeze_blocks": ["conv5_block16"]},
+                     **training},
+    }]}).experiments[0]
+
+
+def random_data(num_train=20, num_val=6, batch=8) -> PhaseData:
+    rng = np.random.default_rng(0)
+
+    def make(split, training, seed=0):
+        n = num_train if split == "train" else num_val
+        x = rng.random((n, 32, 32, 3), dtype=np.float32)
+        y = keras.utils.to_categorical(np.arange(n) % 3, 3).astype(np.float32)
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+
+    return PhaseData(make=make, num_train=num_train, batch_size=batch, fingerprint="f", preprocessing="torch",
+                     augment="none", image_size=32, seed=0)
+
+
+def test_the_warm_up_leaves_weights_and_frozen_layers_as_they_were():
+    model = build("densenet121", 3, (32, 32, 3), weights=None)
+    model.get_layer("base").trainable = False  # as before the head phase
+    before = [w.copy() for w in model.get_weights()]
+    flags = [layer.trainable for layer in model.get_layer("base").layers]
+    decision = plan_epochs(experiment(), model, random_data(), [HEAD, FINE_TUNE], budget_s=3600, spent_s=5.0,
+                           num_val=6, num_test=6)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+    assert not model.get_layer("base").trainable
+    assert [layer.trainable for layer in model.get_layer("base").layers] == flags
+    assert decision.chosen_epochs == {HEAD: 4, FINE_TUNE: 3}  # an hour: the configured epochs fit
+    assert decision.configured_epochs == {HEAD: 4, FINE_TUNE: 3}
+    assert decision.fixed_seconds >= 5.0 and decision.planned_seconds <= 3600 * 0.95
+    assert set(decision.train_img_s) == {HEAD, FINE_TUNE} and decision.predict_img_s > 0
+
+
+def test_the_schedule_follows_the_chosen_epochs():
+    exp = experiment(epochs=20, warmup_epochs=2, schedule="step", step_epochs=[10, 15])
+    decision = plan_stub({"head": 5, FINE_TUNE: 2})
+    budgeted = with_chosen_epochs(exp, decision)
+    assert budgeted.training.epochs == 5 and budgeted.training.fine_tune.epochs == 2
+    assert budgeted.training.warmup_epochs == 0.5 and budgeted.training.step_epochs == [2, 4]
+    assert with_chosen_epochs(exp, None) is exp
+
+
+def plan_stub(chosen):
+    from triptych.rundir import BudgetInfo
+
+    return BudgetInfo(seconds=60, chosen_epochs=chosen, configured_epochs=chosen, seconds_per_epoch=dict.fromkeys(chosen, 1.0),
+                      train_img_s=dict.fromkeys(chosen, 1.0), predict_img_s=1.0, fixed_seconds=1.0, planned_seconds=10.0)
+
+
+def test_a_budgeted_two_phase_run_trains_the_epochs_it_chose(tmp_path):
+    from conftest import write_image_folder
+
+    folder = write_image_folder(tmp_path / "images", ["a", "b", "c"], 8)
+    weights = tmp_path / "dn.weights.h5"
+    tiny_densenet().save_weights(str(weights))
+    run = run_experiment(experiment(folder, weights, time_budget="1h"), tmp_path / "out", seed=0, log=lambda _: None)
+    decision = json.loads(run.manifest.read_text())["budget"]
+    history = pd.read_csv(run.history)
+    assert history["phase"].value_counts().to_dict() == decision["chosen_epochs"] == {HEAD: 4, FINE_TUNE: 3}
