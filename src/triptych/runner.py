@@ -329,7 +329,7 @@ def build_model(exp: ExperimentConfig, spec: ModelSpec, num_classes: int, log: L
 
 def phase_data(exp: ExperimentConfig, splits: Splits, built: BuiltModel, seed: int) -> PhaseData:
     """Dataset factories for training and prediction (train/val/test, plain or augmented)."""
-    augment = Augment(exp.data.augment.crop_padding, exp.data.augment.flip)
+    augment = Augment.from_config(exp.data.augment)
     preprocess = get_preprocessor(built.preprocessing)
     size = built.image_size
 
