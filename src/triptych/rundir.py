@@ -77,6 +77,15 @@ class FeatureCacheInfo(_Record):
     seconds: float
 
 
+class RecipeInfo(_Record):
+    """The optional parts of the training recipe, as the run applied them."""
+
+    augment: str  # every training augmentation that is on (str of triptych.data.augmentation.Augment)
+    ema_momentum: float | None = None  # the weights' moving average; None: not averaged
+    class_weights: dict[str, float] | None = None  # loss weight per class name; None: equal weights
+    tta: str = "none"  # test-time augmentation: none | flip
+
+
 class RunRecord(_Record):
     """``manifest.json``: everything a run records about itself, written by the runner alone.
 
@@ -105,6 +114,7 @@ class RunRecord(_Record):
     frozen_base_phase: bool | None = None  # phase 1 trains the head on a frozen backbone
     phases_done: list[str] = []  # "train", or "head" then "fine-tune"
     feature_cache: FeatureCacheInfo | None = None
+    recipe: RecipeInfo | None = None  # augmentation, weight average, class weights, test-time augmentation
     best_epoch: int | None = None
     train_seconds: float | None = None  # the epochs in history.csv (every session) plus feature extraction
     predict_seconds: float | None = None
