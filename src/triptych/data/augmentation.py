@@ -19,6 +19,8 @@ import tensorflow as tf
 from triptych.config import AugmentConfig
 
 PIXEL_RANGE = (0, 255)  # decoded, resized images before preprocessing
+# Input data stays float32 under a mixed-precision policy (which would otherwise make these layers bfloat16).
+DTYPE = "float32"
 # What keys and logs showed before the Keras layers existed: always written, so old cache keys stay valid.
 _ALWAYS_SHOWN = ("crop_padding", "flip")
 
@@ -89,13 +91,15 @@ def image_augmenter(augment: Augment, size: int, seed: int) -> ImageFn:
 def _image_layers(augment: Augment, seed: int) -> list[keras.layers.Layer]:
     layers: list[keras.layers.Layer] = []
     if augment.zoom > 0:
-        layers.append(keras.layers.RandomZoom((-augment.zoom, augment.zoom), seed=seed))
+        layers.append(keras.layers.RandomZoom((-augment.zoom, augment.zoom), seed=seed, dtype=DTYPE))
     if augment.rand_augment is not None:
         num_ops, magnitude = augment.rand_augment
-        layers.append(keras.layers.RandAugment(PIXEL_RANGE, num_ops=num_ops, factor=magnitude, seed=seed))
+        layers.append(keras.layers.RandAugment(PIXEL_RANGE, num_ops=num_ops, factor=magnitude, seed=seed, dtype=DTYPE))
     if augment.erasing > 0:
         # A (p, p) factor applies it with probability p; a single float would draw p from [0, p].
-        layers.append(keras.layers.RandomErasing((augment.erasing, augment.erasing), value_range=PIXEL_RANGE, seed=seed))
+        layers.append(
+            keras.layers.RandomErasing((augment.erasing, augment.erasing), value_range=PIXEL_RANGE, seed=seed, dtype=DTYPE)
+        )
     return layers
 
 
@@ -104,9 +108,9 @@ def batch_mixer(augment: Augment, seed: int) -> BatchFn:
     configured) one of the two per batch with equal odds, as timm does."""
     mixers = []
     if augment.mixup is not None:
-        mixers.append(keras.layers.MixUp(alpha=augment.mixup, seed=seed))
+        mixers.append(keras.layers.MixUp(alpha=augment.mixup, seed=seed, dtype=DTYPE))
     if augment.cutmix is not None:
-        mixers.append(keras.layers.CutMix(factor=augment.cutmix, seed=seed))
+        mixers.append(keras.layers.CutMix(factor=augment.cutmix, seed=seed, dtype=DTYPE))
     if not mixers:
         raise ValueError("batch_mixer: augment has neither mixup nor cutmix")
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from triptych.config import AugmentConfig
 from triptych.data.augmentation import Augment
@@ -86,3 +88,16 @@ def test_from_config_maps_every_key():
     assert Augment.from_config(config) == Augment(2, True, (3, 0.7), 0.1, 0.25, 0.2, 0.5)
     assert Augment.from_config(AugmentConfig()) == Augment()
     assert not Augment().enabled and not Augment().mixes
+
+
+def test_data_stays_float32_under_a_mixed_precision_policy():
+    everything = Augment(crop_padding=2, flip=True, rand_augment=(2, 0.5), zoom=0.2, erasing=0.5, mixup=0.2, cutmix=1.0)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")  # what training.precision: bf16 sets before the data
+    try:
+        ds = make_dataset(_examples(), CLASSES, SIZE, 4, lambda x: x, training=True, seed=0, augment=everything)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert [spec.dtype for spec in ds.element_spec] == [tf.float32, tf.float32]
+    images, labels = next(iter(ds))
+    assert images.dtype == tf.float32 and labels.dtype == tf.float32
