@@ -23,7 +23,8 @@ downloaded), so the drawing is true for the depth, width and input size you choo
                   ordinary 3x3 convolution's
   densenet121     the first dense block (every layer fed by all earlier ones) and its transition
 
-Writes FILE.svg and FILE.png beside it. Needs graphviz's 'dot' program (apt-get install graphviz).
+Writes FILE.svg and FILE.png beside it, with Graphviz's 'dot' where it is installed, else with
+graphviz-pure (installed with triptych).
 """
 
 EPILOG = """\

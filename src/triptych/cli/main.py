@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,13 +67,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        return int(args._execute(args) or 0)
+        code = int(args._execute(args) or 0)
+        sys.stdout.flush()  # a closed pipe surfaces here, inside the handler below, not at interpreter exit
+        return code
     except TriptychError as err:
         print(f"triptych {args.command}: error: {with_flags(str(err), args._flags)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"triptych {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``triptych models | head``): stop quietly, as Unix tools do. Point
+        # stdout at /dev/null so that Python's flush at exit does not raise a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def with_flags(message: str, flags: dict[str, str]) -> str:

@@ -12,6 +12,9 @@ graph, so the drawings stay true for any depth, width or input size a user confi
 ``draw(model_name, out)`` writes ``out.svg`` and ``out.png`` (and, for Xception,
 ``out_separable.svg/.png``). Each ``draw_*`` function returns a :class:`Diagram` whose
 ``edges`` and ``facts`` tests compare with the model's graph.
+
+The drawing needs nothing outside pip: Graphviz's ``dot`` renders it where installed, else
+graphviz-pure, a dependency of triptych (render.py decides).
 """
 
 from __future__ import annotations

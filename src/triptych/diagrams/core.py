@@ -10,7 +10,7 @@ from typing import Any
 
 import graphviz
 
-from triptych.errors import TriptychError
+from triptych.diagrams.render import render_bytes
 from triptych.io import atomic_write_bytes
 
 FONT = "DejaVu Sans"
@@ -67,29 +67,24 @@ class Diagram:
         png_graph = self.graph.copy()
         png_graph.graph_attr["dpi"] = str(PNG_DPI)
         png_graph.graph_attr["size"] = f"{PNG_MAX_INCHES},{PNG_MAX_INCHES}"
-        try:
-            svg = self.graph.pipe(format="svg")
-            png = png_graph.pipe(format="png")
-        except graphviz.ExecutableNotFound as err:
-            raise TriptychError(
-                "graphviz's 'dot' program is not installed; install it (Debian/Ubuntu: apt-get install graphviz, "
-                "macOS: brew install graphviz) and try again"
-            ) from err
+        svg = render_bytes(self.graph, "svg")
+        png = render_bytes(png_graph, "png")
         atomic_write_bytes(svg_path, svg)
         atomic_write_bytes(png_path, png)
         return [svg_path, png_path]
 
 
 def new_graph(name: str, title: str, rankdir: str = "TB", **graph_attr: str) -> graphviz.Digraph:
-    """A graph in the house style: one font, colours from ``COLORS``, rounded boxes."""
-    graph = graphviz.Digraph(name=name)
+    """A graph in the house style: one font, colours from ``COLORS``, rounded boxes.
+
+    The defaults live in the graph's attribute dictionaries (not its body) so that a renderer can
+    swap the font (render.py does, for graphviz-pure)."""
     attrs = {"rankdir": rankdir, "label": title, "labelloc": "t", "fontname": FONT, "fontsize": "18",
              "bgcolor": "white", "pad": "0.3", "nodesep": "0.35", "ranksep": "0.45"}
-    graph.attr(**{**attrs, **graph_attr})
-    graph.attr("node", fontname=FONT, fontsize="12", shape="box", style="rounded,filled", fillcolor=COLORS["conv"],
-               color="#555555", margin="0.15,0.06")
-    graph.attr("edge", fontname=FONT, fontsize="10", color=COLORS["main"], arrowsize="0.7")
-    return graph
+    node = {"fontname": FONT, "fontsize": "12", "shape": "box", "style": "rounded,filled",
+            "fillcolor": COLORS["conv"], "color": "#555555", "margin": "0.15,0.06"}
+    edge = {"fontname": FONT, "fontsize": "10", "color": COLORS["main"], "arrowsize": "0.7"}
+    return graphviz.Digraph(name=name, graph_attr={**attrs, **graph_attr}, node_attr=node, edge_attr=edge)
 
 
 def escape(text: str) -> str:

@@ -307,7 +307,8 @@ def _draw_depthwise(diagram: Diagram, sizes: _SeparableSizes, channels_shown: in
                      fillcolor="#f4fbf2", color="#7fbf7f")
         for index, channel in enumerate(shown):
             if c_in > len(shown) and index == len(shown) - 1:
-                cluster.node("dw_more", "⋮", shape="plaintext", style="")
+                # a horizontal ellipsis: the filters stand in a row, and graphviz-pure's fonts lack "⋮"
+                cluster.node("dw_more", "…", shape="plaintext", style="")
             cluster.node(f"dw{channel}", f"<channel {channel}<BR/>{sizes.kh}×{sizes.kw} filter>",
                          fillcolor=COLORS["depthwise"])
     for channel in shown:

@@ -126,3 +126,20 @@ def test_flags_replace_argument_names_not_paths():
     assert with_flags("x/fmt=tflite: quantize applies to fmt=tflite only", flags) == (
         "x/fmt=tflite: quantize applies to --format tflite only"
     )
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    """``triptych config --schema | head -1`` where the reader is gone before anything is written:
+    no BrokenPipeError traceback, and the shell's exit status for a closed pipe."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "read, write = os.pipe(); os.close(read); os.dup2(write, 1)\n"
+        "from triptych.cli.main import main\n"
+        "sys.exit(main(['config', '--schema']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+    assert result.returncode == 141

@@ -27,7 +27,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from triptych import __version__
 from triptych.io import atomic_write_text
-from triptych.reporting import format as fmt
+import triptych.reporting.format as fmt
 from triptych.reporting.comparison import ALPHA, CARD_FIELDS, mcnemar_summary, write_comparison
 from triptych.reporting.plots import (
     RUN_FIGURES,
