@@ -21,9 +21,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RandAugmentConfig(_Strict):
+    num_ops: int = Field(2, ge=1, description="operations applied to each image, drawn from keras.layers.RandAugment's 11")
+    magnitude: float = Field(0.5, gt=0, le=1, description="strength of the operations, 0-1 (RandAugment's factor)")
+
+
+# Off by default: none has been measured on this project's datasets yet (each is a key to turn on).
 class AugmentConfig(_Strict):
     crop_padding: int = Field(0, ge=0, description="zero-pad by this many pixels, then random-crop back")
     flip: bool = Field(False, description="random horizontal flip")
+    rand_augment: RandAugmentConfig | None = Field(
+        None, description="keras.layers.RandAugment on each training image, e.g. {num_ops: 2, magnitude: 0.5}; null: off"
+    )
+    zoom: float = Field(0.0, ge=0, lt=1, description="random zoom in or out by up to this fraction (keras.layers.RandomZoom); 0: off")
+    erasing: float = Field(
+        0.0, ge=0, le=1, description="probability of erasing a random rectangle of an image (keras.layers.RandomErasing); 0: off"
+    )
+    mixup: float | None = Field(
+        None, gt=0, description="MixUp of training batches with this Beta alpha, e.g. 0.2 (keras.layers.MixUp); null: off"
+    )
+    cutmix: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="CutMix of training batches, factor 0-1, e.g. 1.0 (keras.layers.CutMix); null: off. "
+        "With mixup too, each batch gets one of the two, at random",
+    )
 
 
 class DataConfig(_Strict):
@@ -43,6 +66,9 @@ class DataConfig(_Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="for folders without a test/ split")
     batch_size: int = Field(64, ge=1, description="global batch (split over the replicas of a distribution strategy)")
     augment: AugmentConfig = Field(AugmentConfig(), description="training-time augmentation")
+    tta: Literal["none", "flip"] = Field(
+        "none", description="test-time augmentation: flip averages the probabilities of each test image and its mirror image"
+    )
     cache: bool | None = Field(None, description="keep decoded images in RAM; default: when they fit 1 GiB")
     skip_bad: bool = Field(
         False,
@@ -109,6 +135,13 @@ class TrainingConfig(_Strict):
     step_epochs: list[int] = Field(default_factory=list, description="epochs where the 'step' schedule divides the LR by 10")
     warmup_epochs: float = Field(0, ge=0, description="linear learning-rate warm-up, in epochs (fractions allowed)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy loss")
+    ema: bool = Field(
+        False, description="validate, checkpoint and keep an exponential moving average of the weights (optimizer use_ema)"
+    )
+    ema_momentum: float = Field(0.99, gt=0, lt=1, description="ema: the average's momentum per training step")
+    class_weight: Literal["balanced"] | None = Field(
+        None, description="balanced: weight the loss of each class by n_train / (n_classes * its count), as sklearn; null: equal"
+    )
     early_stopping: EarlyStoppingConfig | None = Field(
         None, description="null: train every epoch; or {patience: 5, monitor: val_loss}"
     )

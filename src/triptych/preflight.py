@@ -29,6 +29,7 @@ def validate_experiments(config: Config) -> None:
         _check_files(exp, spec)
         _check_phases(exp, spec)
         _check_time_budget(exp, exp.training.time_budget)
+        _check_class_weight(exp)
 
 
 def check_budget(config: Config, budget: str | float | None) -> float | None:
@@ -84,6 +85,16 @@ def _check_phases(exp: ExperimentConfig, spec: ModelSpec) -> None:
         raise InvalidArgumentError(
             f"experiment {exp.name}: training.fine_tune follows a frozen-backbone phase, but training.freeze_base "
             "is false (the backbone trains end to end); use freeze_base: auto or true, or drop fine_tune"
+        )
+
+
+def _check_class_weight(exp: ExperimentConfig) -> None:
+    augment = exp.data.augment
+    if exp.training.class_weight and (augment.mixup is not None or augment.cutmix is not None):
+        # Keras would weight a mixed image by its larger label's class alone, silently.
+        raise InvalidArgumentError(
+            f"experiment {exp.name}: training.class_weight weights each image by its class, but data.augment.mixup / "
+            "cutmix give an image two classes; use class_weight: null or turn mixup and cutmix off"
         )
 
 

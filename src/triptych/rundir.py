@@ -100,6 +100,15 @@ class BudgetInfo(_Record):
     planned_seconds: float  # the plan's total
 
 
+class RecipeInfo(_Record):
+    """The optional parts of the training recipe, as the run applied them."""
+
+    augment: str  # every training augmentation that is on (str of triptych.data.augmentation.Augment)
+    ema_momentum: float | None = None  # the weights' moving average; None: not averaged
+    class_weights: dict[str, float] | None = None  # loss weight per class name; None: equal weights
+    tta: str = "none"  # test-time augmentation: none | flip
+
+
 class RunRecord(_Record):
     """``manifest.json``: everything a run records about itself, written by the runner alone.
 
@@ -130,6 +139,7 @@ class RunRecord(_Record):
     phases_done: list[str] = []  # "train", or "head" then "fine-tune"
     feature_cache: FeatureCacheInfo | None = None
     budget: BudgetInfo | None = None  # training.time_budget: the epochs chosen for it and why
+    recipe: RecipeInfo | None = None  # augmentation, weight average, class weights, test-time augmentation
     best_epoch: int | None = None
     train_seconds: float | None = None  # the epochs in history.csv (every session) plus feature extraction
     predict_seconds: float | None = None

@@ -46,6 +46,7 @@ from triptych.diagrams import draw
 from triptych.errors import InvalidArgumentError, TriptychError
 from triptych.evaluation import evaluate_run
 from triptych.inference.gradcam import gradcam_for_run
+from triptych.inference.tta import predict_with_tta
 from triptych.io import (
     atomic_write_json,
     atomic_write_text,
@@ -77,6 +78,7 @@ from triptych.rundir import (
     DataInfo,
     FeatureCacheInfo,
     PrecisionInfo,
+    RecipeInfo,
     RunDir,
     RunRecord,
     SplitFingerprints,
@@ -87,6 +89,7 @@ from triptych.training.callbacks import best_checkpoint_epoch, load_model_weight
 from triptych.training.distribute import init_strategies, is_chief, set_threads, training_scope, worker_output_dir
 from triptych.training.phases import PhaseData, plan_phases, run_phase
 from triptych.training.precision_auto import resolve_precision
+from triptych.training.trainer import balanced_class_weights
 
 Log = Callable[[str], None]
 
@@ -295,6 +298,7 @@ def train_and_evaluate(
     record.budget = plan_budget(exp, built, inputs, data.splits, record.budget, started, seed, log)
     run.write_record(record)
     exp = with_chosen_epochs(exp, record.budget)  # the configured epochs are upper limits
+    record.recipe = recipe_info(exp, data.splits, inputs.augment)
     result = train(run, record, exp, built, inputs, log)
     record.best_epoch, record.train_seconds = result.best_epoch, result.train_seconds
     run.write_record(record)
@@ -400,7 +404,7 @@ def build_model(exp: ExperimentConfig, spec: ModelSpec, num_classes: int, log: L
 
 def phase_data(exp: ExperimentConfig, splits: Splits, built: BuiltModel, seed: int) -> PhaseData:
     """Dataset factories for training and prediction (train/val/test, plain or augmented)."""
-    augment = Augment(exp.data.augment.crop_padding, exp.data.augment.flip)
+    augment = Augment.from_config(exp.data.augment)
     preprocess = get_preprocessor(built.preprocessing)
     size = built.image_size
 
@@ -426,6 +430,24 @@ def phase_data(exp: ExperimentConfig, splits: Splits, built: BuiltModel, seed: i
         augment=str(augment),
         image_size=size,
         seed=seed,
+    )
+
+
+def class_weights(exp: ExperimentConfig, splits: Splits) -> dict[int, float] | None:
+    """``training.class_weight`` as ``{class index: weight}`` for ``model.fit``, from the training split."""
+    if exp.training.class_weight != "balanced":
+        return None
+    return balanced_class_weights(splits.train.labels)
+
+
+def recipe_info(exp: ExperimentConfig, splits: Splits, augment: str) -> RecipeInfo:
+    """The optional recipe parts for the run record (``augment``: the pipeline's description)."""
+    weights = class_weights(exp, splits)
+    return RecipeInfo(
+        augment=augment,
+        ema_momentum=exp.training.ema_momentum if exp.training.ema else None,
+        class_weights=None if weights is None else {splits.class_names[c]: w for c, w in weights.items()},
+        tta=exp.data.tta,
     )
 
 
@@ -504,7 +526,8 @@ def evaluate(run: RunDir, exp: ExperimentConfig, model: keras.Model, inputs: Pha
         load_model_weights(model, run.best_weights)
     save_for_inference(model, run.model)
     started = time.perf_counter()
-    probabilities = predict_probabilities(model, inputs.make("test", False), exp.training.strategy)
+    predict = partial(predict_probabilities, model, strategy=exp.training.strategy)
+    probabilities = predict_with_tta(predict, inputs.make("test", False), exp.data.tta)
     predict_seconds = round(time.perf_counter() - started, 3)
     write_predictions(run, splits.test.ids, splits.test.labels, probabilities, splits.class_names)
     metrics = evaluate_run(

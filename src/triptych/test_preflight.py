@@ -45,3 +45,14 @@ def test_output_dir_errors_name_the_python_arguments(tmp_path):
         prepare_output_dir(tmp_path / "out", resume=False, overwrite=False)
     with pytest.raises(InvalidArgumentError, match="not a triptych run directory; refusing to delete it with overwrite=True"):
         prepare_output_dir(tmp_path / "out", resume=False, overwrite=True)
+
+
+@pytest.mark.parametrize("mix", [{"mixup": 0.2}, {"cutmix": 1.0}, {}])
+def test_balanced_class_weight_with_mixed_labels_is_refused(mix):
+    raw = {"experiments": [{"name": "x", "model": {"name": "resnet18"}, "data": {"augment": mix},
+                            "training": {"class_weight": "balanced"}}]}
+    if not mix:
+        validate_experiments(parse_config(raw))
+        return
+    with pytest.raises(InvalidArgumentError, match=r"^experiment x: training.class_weight weights each image by its class"):
+        validate_experiments(parse_config(raw))

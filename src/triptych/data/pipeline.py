@@ -9,27 +9,15 @@ datasets keep streaming from disk.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import tensorflow as tf
 
+from triptych.data.augmentation import Augment, batch_mixer, image_augmenter
 from triptych.data.images import decode_file, resize
 from triptych.data.sources import Examples
 
 AUTOTUNE = tf.data.AUTOTUNE
 CACHE_BUDGET_BYTES = 1 << 30  # decoded float32 images kept in RAM at most (1 GiB)
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Training-time augmentation; ``crop_padding`` pixels of zero padding then a random crop."""
-
-    crop_padding: int = 0
-    flip: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.crop_padding > 0 or self.flip
 
 
 def make_dataset(
@@ -44,7 +32,8 @@ def make_dataset(
     augment: Augment = Augment(),
     cache: bool | None = None,
 ) -> tf.data.Dataset:
-    """Batches of ``(preprocessed float32 images, one-hot float32 labels)``.
+    """Batches of ``(preprocessed float32 images, one-hot float32 labels)``; with MixUp or
+    CutMix the training labels are soft (each row still sums to 1).
 
     ``cache=None`` caches decoded images in memory when they fit ``CACHE_BUDGET_BYTES``.
     Evaluation datasets keep their order (predictions line up with ``examples.ids``).
@@ -66,8 +55,11 @@ def make_dataset(
         if training:
             ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
     if training and augment.enabled:
-        ds = ds.map(lambda x, y: (_augment(x, image_size, augment, seed), y), num_parallel_calls=AUTOTUNE)
+        augment_image = image_augmenter(augment, image_size, seed)
+        ds = ds.map(lambda x, y: (augment_image(x), y), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=False)
+    if training and augment.mixes:
+        ds = ds.map(batch_mixer(augment, seed), num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda x, y: (preprocess(x), y), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
@@ -82,15 +74,3 @@ def should_cache(count: int, image_size: int, cache: bool | None = None) -> bool
 
 def _load_array(image: tf.Tensor) -> tf.Tensor:
     return image
-
-
-def _augment(image: tf.Tensor, size: int, augment: Augment, seed: int) -> tf.Tensor:
-    if augment.crop_padding > 0:
-        padded = size + 2 * augment.crop_padding
-        image = tf.image.resize_with_crop_or_pad(image, padded, padded)
-        image = tf.image.random_crop(image, [size, size, 3], seed=seed)
-    if augment.flip:
-        image = tf.image.random_flip_left_right(image, seed=seed)
-    return image
-
-

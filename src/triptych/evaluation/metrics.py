@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import classification_report, confusion_matrix, top_k_accuracy_score
+from sklearn.metrics import balanced_accuracy_score, classification_report, confusion_matrix, top_k_accuracy_score
 
 from triptych.errors import TriptychError
 from triptych.evaluation.bootstrap import bootstrap_cis
@@ -44,8 +45,9 @@ def compute_metrics(
     ``class_names`` defaults to the order of the ``prob_<class>`` columns. Raises
     :class:`TriptychError` for missing columns, unknown labels or NaN probabilities.
 
-    Keys: ``class_names``, ``n_test``, ``accuracy``, ``macro_f1``, ``weighted_f1``, ``macro_auc``,
-    ``ece``; ``accuracy_ci95``, ``macro_f1_ci95``, ``macro_auc_ci95`` (``[lo, hi]`` or None);
+    Keys: ``class_names``, ``n_test``, ``accuracy``, ``balanced_accuracy`` (mean recall over the
+    classes in the test set), ``macro_f1``, ``weighted_f1``, ``macro_auc``, ``ece``;
+    ``accuracy_ci95``, ``balanced_accuracy_ci95``, ``macro_f1_ci95``, ``macro_auc_ci95`` (``[lo, hi]`` or None);
     ``top_k_accuracy`` (``{"2": .., "5": ..}`` for k < number of classes), ``per_class``
     (``{cls: {precision, recall, f1, support}}``), ``classification_report`` (sklearn's
     ``output_dict``), ``confusion_matrix`` (counts, rows = true class),
@@ -66,6 +68,8 @@ def compute_metrics(
         "n_test": p.n,
         "accuracy": report["accuracy"],
         "accuracy_ci95": cis["accuracy_ci95"],
+        "balanced_accuracy": _balanced_accuracy(p),
+        "balanced_accuracy_ci95": cis["balanced_accuracy_ci95"],
         "macro_f1": report["macro avg"]["f1-score"],
         "macro_f1_ci95": cis["macro_f1_ci95"],
         "weighted_f1": report["weighted avg"]["f1-score"],
@@ -157,6 +161,13 @@ def _classification(p: Predictions) -> tuple[dict[str, Any], dict[str, Any], lis
         if row["support"] == 0:
             notes.append(f"no test example of class {c}: its recall, ROC AUC and average precision are undefined")
     return report, per_class, notes
+
+
+def _balanced_accuracy(p: Predictions) -> float:
+    # sklearn warns when a predicted class has no test example; it is left out, as the docstring says.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(p.y_true, p.y_pred))
 
 
 def _top_k(p: Predictions) -> dict[str, float]:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from triptych.evaluation import compute_metrics, validate_predictions
-from triptych.evaluation.bootstrap import macro_auc_resampled, macro_f1_resampled, percentile_interval
+from triptych.evaluation.bootstrap import (
+    balanced_accuracy_resampled,
+    macro_auc_resampled,
+    macro_f1_resampled,
+    percentile_interval,
+)
 from tests.fixtures.synthetic_runs import synthetic_predictions
 
 
@@ -78,3 +83,19 @@ def test_saved_intervals_equal_a_plain_sklearn_bootstrap_on_the_same_draws():
         auc.append(np.mean([roc_auc_score(y == c, probs[:, c]) for c in range(3)]))
     for key, values in (("accuracy", acc), ("macro_f1", f1), ("macro_auc", auc)):
         assert m[f"{key}_ci95"] == pytest.approx(list(np.percentile(values, [2.5, 97.5])))
+
+
+def test_balanced_accuracy_matches_sklearn_per_resample(preds):
+    idx = np.random.default_rng(5).integers(0, preds.n, size=(25, preds.n))
+    got = balanced_accuracy_resampled(preds.y_true[idx], preds.y_pred[idx], len(preds.class_names))
+    for b, rows in enumerate(idx):
+        assert got[b] == pytest.approx(balanced_accuracy_score(preds.y_true[rows], preds.y_pred[rows]))
+
+
+def test_balanced_accuracy_averages_only_classes_in_the_truth():
+    # class 0: 1 of 2 right; class 1: 2 of 2; class 2 only predicted, never true: left out.
+    y, pred = np.array([[0, 0, 1, 1]]), np.array([[0, 2, 1, 1]])
+    assert balanced_accuracy_resampled(y, pred, 3)[0] == pytest.approx(0.75)
+    m = compute_metrics(synthetic_predictions(300, seed=4), seed=1, n_resamples=500)
+    lo, hi = m["balanced_accuracy_ci95"]
+    assert lo < m["balanced_accuracy"] < hi

@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
+    balanced_accuracy_score,
     classification_report,
     confusion_matrix,
     f1_score,
@@ -79,6 +80,14 @@ def test_known_small_case_by_hand():
     assert any("precision undefined for b" in n for n in m["notes"])
 
 
+def test_balanced_accuracy_by_hand():
+    # a: 3 of 4 right, b: 1 of 1, c: no test example (left out) -> (0.75 + 1) / 2; accuracy 4/5.
+    y = ["a", "a", "a", "a", "b"]
+    m = small(y_true=y, probs=[[0.8, 0.1, 0.1]] * 3 + [[0.1, 0.1, 0.8], [0.1, 0.8, 0.1]])
+    assert m["accuracy"] == pytest.approx(0.8)
+    assert m["balanced_accuracy"] == pytest.approx(0.875)
+
+
 def test_top_k_only_when_more_classes_than_k():
     names = [f"c{i}" for i in range(6)]
     m = compute_metrics(synthetic_predictions(120, names, seed=3), n_resamples=100)
@@ -108,6 +117,7 @@ def test_every_number_matches_sklearn(tmp_path):
     assert saved["class_names"] == classes == ART_CLASSES
     assert saved["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
     assert saved["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert saved["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
     assert saved["weighted_f1"] == pytest.approx(f1_score(y_true, y_pred, average="weighted"))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=classes)
     for i, c in enumerate(classes):
@@ -129,7 +139,7 @@ def test_every_number_matches_sklearn(tmp_path):
     assert saved["calibration"]["ece"] == saved["ece"]
     assert sum(b["count"] for b in saved["calibration"]["bins"]) == len(raw)
     assert saved["model"] == "m" and saved["params"] == 5 and saved["train_seconds"] == 1.5
-    for key in ("accuracy", "macro_f1", "macro_auc"):
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc"):
         lo, hi = saved[f"{key}_ci95"]
         assert lo <= saved[key] <= hi
 

@@ -38,7 +38,16 @@ from triptych.reporting.plots import (
     save_figure,
 )
 from triptych.reporting.runs import EmbeddedFigure, RunView, load_views
-from triptych.rundir import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING, DataInfo, FeatureCacheInfo, RunDir, RunRecord
+from triptych.rundir import (
+    STATUS_DONE,
+    STATUS_FAILED,
+    STATUS_RUNNING,
+    DataInfo,
+    FeatureCacheInfo,
+    RecipeInfo,
+    RunDir,
+    RunRecord,
+)
 
 TEMPLATES = Path(__file__).parent / "templates"
 DIAGRAMS_DIR = "diagrams"
@@ -256,6 +265,7 @@ def _record_info(view: RunView) -> list[tuple[str, fmt.Cell]]:
         ("phases done", ", ".join(r.phases_done) or None),
         ("feature cache", None if r.feature_cache is None else _feature_cache_text(r.feature_cache)),
         ("time budget", None if r.budget is None else budget.describe(r.budget)),
+        *_recipe_rows(r.recipe),
         ("started", r.started),
         ("ended", r.finished),
         ("git sha", r.git_sha),
@@ -280,6 +290,20 @@ def _feature_cache_text(cache: FeatureCacheInfo) -> str:
     views = f"{cache.views} view{'s' if cache.views != 1 else ''}"
     where = "reused from the cache" if cache.hit else "computed"
     return f"{where}, train features {shape} ({cache.dtype}, {views}, {cache.seconds:.1f} s)"
+
+
+def _recipe_rows(recipe: RecipeInfo | None) -> list[tuple[str, str | None]]:
+    """The optional recipe parts; those that are off are left out (augmentation always shows)."""
+    if recipe is None:
+        return []
+    weights = recipe.class_weights
+    return [
+        ("augmentation", recipe.augment),
+        ("weight average", None if recipe.ema_momentum is None else f"EMA, momentum {recipe.ema_momentum:g}"),
+        ("class weights", None if weights is None else
+         "balanced: " + ", ".join(f"{name} {w:.2f}" for name, w in weights.items())),
+        ("test-time augmentation", None if recipe.tta == "none" else f"{recipe.tta} (probabilities averaged)"),
+    ]
 
 
 def _profile_rows(profile: dict[str, Any] | None) -> list[tuple[str, fmt.Cell]]:
@@ -356,6 +380,8 @@ def _summary(m: dict[str, Any]) -> list[tuple[str, fmt.Cell]]:
     rows = [
         ("test images", fmt.integer(m.get("n_test"))),
         ("accuracy [95% CI]", fmt.with_ci(m.get("accuracy"), m.get("accuracy_ci95"))),
+        ("balanced accuracy [95% CI]", fmt.with_ci(m.get("balanced_accuracy"), m.get("balanced_accuracy_ci95"),
+                                                   reason="not computed (metrics.json from an older triptych)")),
         ("macro F1 [95% CI]", fmt.with_ci(m.get("macro_f1"), m.get("macro_f1_ci95"))),
         ("weighted F1", fmt.number(m.get("weighted_f1"))),
         ("macro ROC AUC [95% CI]", _macro_auc_cell(m)),

@@ -383,3 +383,22 @@ def test_footer_says_how_to_view_tensorboard_scalars(tmp_path, monkeypatch):
     (run.tensorboard_dir / "train").mkdir(parents=True)
     html = build_report([run.root], tmp_path / "r.html").read_text()
     assert f"<code>tensorboard --logdir {tmp_path / 'out'}</code>" in html.split("<footer>")[1]
+
+
+def test_recipe_and_balanced_accuracy_are_shown(tmp_path, monkeypatch):
+    monkeypatch.setattr("triptych.reporting.report.run_figures", lambda *a: {})  # tables only: fast
+    recipe = {"augment": "Augment(crop_padding=4, flip=True, mixup=0.2)", "ema_momentum": 0.999,
+              "class_weights": {"Baroque": 0.5, "Cubism": 2.0}, "tta": "flip"}
+    on = write_synthetic_run(tmp_path, "on", record={"recipe": recipe})
+    off = write_synthetic_run(tmp_path, "off", record={"recipe": {"augment": "Augment(crop_padding=0, flip=False)"}})
+    html = build_report([on.root, off.root], tmp_path / "r.html").read_text()
+    shown = section(html, "run-on")
+    assert '<th>augmentation</th><td class="">Augment(crop_padding=4, flip=True, mixup=0.2)</td>' in shown
+    assert '<th>weight average</th><td class="">EMA, momentum 0.999</td>' in shown
+    assert '<th>class weights</th><td class="">balanced: Baroque 0.50, Cubism 2.00</td>' in shown
+    assert '<th>test-time augmentation</th><td class="">flip (probabilities averaged)</td>' in shown
+    balanced = json.loads(on.metrics.read_text())["balanced_accuracy"]
+    assert "balanced accuracy [95% CI]" in shown and f"{balanced:.3f}" in shown.split("balanced accuracy [95% CI]")[1][:200]
+    plain = section(html, "run-off")
+    assert "<th>augmentation</th>" in plain
+    assert not any(f"<th>{row}</th>" in plain for row in ("weight average", "class weights", "test-time augmentation"))

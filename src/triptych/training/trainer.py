@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
+from sklearn.utils.class_weight import compute_class_weight
 
 from triptych.config import TrainingConfig
 from triptych.training.callbacks import BestCheckpoint, HistoryWriter
 from triptych.training.distribute import sync_batchnorm_callbacks
+from triptych.training.ema import ema_callbacks
 from triptych.training.schedules import make_schedule
 
 # BatchNorm scale/shift and biases are not decayed (Goyal et al. 2017; timm does the same).
@@ -25,12 +28,15 @@ def make_optimizer(cfg: TrainingConfig, steps_per_epoch: int) -> keras.optimizer
         cfg.schedule, cfg.learning_rate, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.step_epochs
     )
     weight_decay = cfg.weight_decay or None
+    ema = {"use_ema": True, "ema_momentum": cfg.ema_momentum} if cfg.ema else {}
     if cfg.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=weight_decay)
+        optimizer = keras.optimizers.SGD(
+            lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=weight_decay, **ema
+        )
     elif cfg.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay, **ema)
     else:
-        optimizer = keras.optimizers.Adam(lr, weight_decay=weight_decay)
+        optimizer = keras.optimizers.Adam(lr, weight_decay=weight_decay, **ema)
     if weight_decay:
         optimizer.exclude_from_weight_decay(var_names=NO_DECAY_VARIABLES)
     return optimizer
@@ -68,17 +74,22 @@ def fit(
     epoch_offset: int = 0,
     monitor: str = "val_accuracy",
     save_model: keras.Model | None = None,
+    class_weight: dict[int, float] | None = None,
 ) -> BestCheckpoint:
     """Train with every safety callback; returns the best-checkpoint callback (epoch, weights path).
 
     A killed run resumes from ``files.backup_dir`` on the next call with the same files.
+    With ``cfg.ema`` the validation, the best checkpoint and the final weights are the
+    weights' moving average. ``class_weight`` (``{class index: weight}``) weights the training loss.
     """
     compile_model(model, cfg, steps_per_epoch)
     best = BestCheckpoint(files.best_weights, monitor=monitor, epoch_offset=epoch_offset, save_model=save_model)
+    ema_in, ema_out = ema_callbacks(cfg.ema)
     callbacks: list[keras.callbacks.Callback] = [
         # First: several replicas average their BatchNorm statistics before validation and checkpoints.
         *sync_batchnorm_callbacks(model),
         HistoryWriter(files.history, extra=history_extra, epoch_offset=epoch_offset),
+        *ema_in,  # the averaged weights in the model for validation and the checkpoint
         best,
     ]
     if cfg.early_stopping:
@@ -87,6 +98,7 @@ def fit(
         )
     if cfg.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(files.tensorboard_dir)))
+    callbacks.extend(ema_out)  # the backup holds the raw weights, with their average in the optimizer
     # Last, so that a kill between callbacks re-runs (and rewrites) an epoch rather than skipping it.
     callbacks.append(keras.callbacks.BackupAndRestore(
             str(files.backup_dir), double_checkpoint=True, delete_checkpoint=False  # the runner deletes it once done
@@ -96,9 +108,18 @@ def fit(
         validation_data=without_autotune_wait(val_ds),
         epochs=cfg.epochs,
         callbacks=callbacks,
+        class_weight=class_weight,
         verbose=progress_verbosity() if verbose is None else verbose,
     )
     return best
+
+
+def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
+    """``{class index: n_samples / (n_classes * count)}`` over the classes present in ``labels``
+    (integer class indices), as scikit-learn's ``class_weight="balanced"``."""
+    classes = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=classes, y=labels)
+    return {int(c): float(w) for c, w in zip(classes, weights)}
 
 
 def without_autotune_wait(dataset):

@@ -1,0 +1,109 @@
+"""The trainer's optional recipe parts: the weights' moving average (EMA) and balanced class weights."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from triptych.config import TrainingConfig
+from triptych.training.ema import RawWeightsBack
+from triptych.training.trainer import RunFiles, balanced_class_weights, fit
+
+FEATURES, CLASSES, COUNT = 6, 3, 24
+
+
+def _data(batch: int = 8) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(COUNT, FEATURES)).astype("float32")
+    y = np.eye(CLASSES, dtype="float32")[np.arange(COUNT) % CLASSES]
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+    return train, tf.data.Dataset.from_tensor_slices((x[:9], y[:9])).batch(batch)
+
+
+def _model() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((FEATURES,))
+    return keras.Model(inputs, keras.layers.Dense(CLASSES, activation="softmax")(inputs))
+
+
+def _files(root) -> RunFiles:
+    return RunFiles(root / "history.csv", root / "best.weights.h5", root / "backup", root / "tb")
+
+
+def _config(**changes) -> TrainingConfig:
+    base = {"epochs": 1, "optimizer": "sgd", "learning_rate": 0.5, "weight_decay": 0.0, "schedule": "constant",
+            "tensorboard": False}
+    return TrainingConfig(**{**base, **changes})
+
+
+def _weights(model: keras.Model) -> list[np.ndarray]:
+    return [np.array(w) for w in model.get_weights()]
+
+
+def _differ(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return any(not np.allclose(x, y, atol=1e-4) for x, y in zip(a, b))
+
+
+def test_ema_validates_checkpoints_and_ends_with_the_average(tmp_path):
+    train, val = _data()
+    raw_model = _model()
+    fit(raw_model, train, val, _config(), _files(tmp_path / "raw"), steps_per_epoch=3, verbose=0)
+    ema_model = _model()
+    fit(ema_model, train, val, _config(ema=True, ema_momentum=0.6), _files(tmp_path / "ema"), steps_per_epoch=3, verbose=0)
+
+    assert ema_model.optimizer.use_ema and ema_model.optimizer.ema_momentum == 0.6
+    assert _differ(_weights(ema_model), _weights(raw_model))  # the average, not the last raw weights
+    saved = _model()
+    saved.load_weights(str(tmp_path / "ema" / "best.weights.h5"))
+    for got, want in zip(_weights(saved), _weights(ema_model)):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    # Validation ran on the averaged weights: the logged val_loss is theirs.
+    val_loss = float(pd.read_csv(tmp_path / "ema" / "history.csv")["val_loss"].iloc[0])
+    ema_model.compile(loss="categorical_crossentropy")
+    assert ema_model.evaluate(val, verbose=0, return_dict=True)["loss"] == pytest.approx(val_loss, rel=1e-4)
+
+
+def test_raw_weights_go_back_into_the_model_before_the_backup():
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.5, use_ema=True, ema_momentum=0.6), loss="categorical_crossentropy")
+    train, _ = _data()
+    for x, y in train:
+        model.train_on_batch(x, y)  # no fit: nothing copies the average into the model
+    raw = _weights(model)
+    swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+    back = RawWeightsBack(swap)
+    for callback in (swap, back):
+        callback.set_model(model)
+        callback.set_params({"epochs": 5})
+    swap.on_epoch_end(0)
+    averaged = _weights(model)
+    assert _differ(averaged, raw)
+    back.on_epoch_end(0)
+    for got, want in zip(_weights(model), raw):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    swap.on_epoch_begin(1)  # the next epoch trains the raw weights
+    for got, want in zip(_weights(model), raw):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_balanced_class_weights_match_a_hand_computation():
+    # 6 samples, 3 classes: n / (k * count) = 6 / (3 * 3), 6 / (3 * 2), 6 / (3 * 1)
+    assert balanced_class_weights(np.array([0, 0, 0, 1, 1, 2])) == pytest.approx({0: 2 / 3, 1: 1.0, 2: 2.0})
+    # a class missing from the training labels gets no weight (Keras then uses 1)
+    assert balanced_class_weights(np.array([0, 2, 2])) == pytest.approx({0: 1.5, 2: 0.75})
+
+
+def test_class_weight_reaches_the_loss(tmp_path):
+    train, val = _data()
+    weighted = _model()
+    before = _weights(weighted)
+    zero = {c: 0.0 for c in range(CLASSES)}  # every sample weighs nothing: no gradient, no change
+    fit(weighted, train, val, _config(momentum=0.0), _files(tmp_path / "w"), steps_per_epoch=3, verbose=0,
+        class_weight=zero)
+    assert not _differ(_weights(weighted), before)
+    plain = _model()
+    fit(plain, train, val, _config(momentum=0.0), _files(tmp_path / "p"), steps_per_epoch=3, verbose=0)
+    assert _differ(_weights(plain), before)
