@@ -430,6 +430,7 @@ def phase_data(exp: ExperimentConfig, splits: Splits, built: BuiltModel, seed: i
         augment=str(augment),
         image_size=size,
         seed=seed,
+        class_weight=class_weights(exp, splits),
     )
 
 

@@ -178,7 +178,7 @@ def _history_metrics(path: Path) -> list[tuple[str, float, int]]:
 def _test_metrics(metrics: dict[str, Any]) -> list[tuple[str, float]]:
     """Headline test metrics with their CIs, top-k, per-class precision/recall/F1, size and time."""
     out = []
-    for key in ("accuracy", "macro_f1", "weighted_f1", "macro_auc", "ece"):
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auc", "ece"):
         if _number(metrics.get(key)) is not None:
             out.append((f"test_{key}", float(metrics[key])))
         interval = metrics.get(f"{key}_ci95")

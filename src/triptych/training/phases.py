@@ -47,6 +47,7 @@ class PhaseData:
     augment: str
     image_size: int
     seed: int
+    class_weight: dict[int, float] | None = None  # training.class_weight as {class index: weight}; None: equal
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ def run_phase(
         _files(run, phase),
         steps_per_epoch=steps_for(data.num_train, data.batch_size),
         history_extra={"phase": phase},
+        class_weight=data.class_weight,
     )
     return PhaseOutcome(phase)
 
@@ -100,6 +102,8 @@ def _fine_tune(model: keras.Model, exp: ExperimentConfig, run: RunDir, data: Pha
         weight_decay=0.0,
         schedule="constant",
         label_smoothing=exp.training.label_smoothing,
+        ema=exp.training.ema,
+        ema_momentum=exp.training.ema_momentum,
         early_stopping=EarlyStoppingConfig(patience=ft.early_stopping_patience, monitor="val_loss")
         if ft.early_stopping_patience
         else None,
@@ -114,6 +118,7 @@ def _fine_tune(model: keras.Model, exp: ExperimentConfig, run: RunDir, data: Pha
         steps_per_epoch=steps_for(data.num_train, data.batch_size),
         history_extra={"phase": FINE_TUNE},
         epoch_offset=_epochs_before(run, FINE_TUNE),
+        class_weight=data.class_weight,
     )
 
 
@@ -141,6 +146,7 @@ def _fit_head_on_cache(
         steps_per_epoch=steps_for(len(train_x), data.batch_size),
         history_extra={"phase": HEAD},
         save_model=model,  # the best checkpoint holds the full model's weights
+        class_weight=data.class_weight,
     )
     return info
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import keras
+import pytest
 
 from triptych.config import parse_config
 from triptych.runner import run_experiment
@@ -60,3 +61,31 @@ def test_balanced_class_weights_are_recorded_by_class_name(tmp_path, image_folde
     expected = {name: len(train) / (3 * int((train == i).sum())) for i, name in enumerate(splits.class_names)}
     assert recorded == expected
     assert recorded["owls"] > 2 * recorded["cats"]  # the rare class weighs more
+
+
+@pytest.mark.parametrize("weights", ["random", "pretrained"])  # one train phase; head (on cached features) + fine-tune
+def test_class_weights_and_ema_reach_every_phase(tmp_path, image_folder, monkeypatch, weights):
+    from triptych.models import pretrained
+    from triptych.training import phases
+
+    monkeypatch.setitem(pretrained.BACKBONES, "densenet121", tiny_densenet)
+    monkeypatch.setenv("TRIPTYCH_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real_fit = phases.fit
+    monkeypatch.setattr(phases, "fit", lambda *a, **k: calls.append((a[3], k["class_weight"])) or real_fit(*a, **k))
+    path = tmp_path / "dn.weights.h5"
+    tiny_densenet().save_weights(str(path))
+    raw = {"experiments": [{
+        "name": "w",
+        "model": {"name": "densenet121", "weights": None if weights == "random" else str(path)},
+        "data": {"dataset": "folder", "path": str(image_folder), "image_size": 32, "batch_size": 16, "duplicates": "allow"},
+        "training": {"epochs": 1, "optimizer": "adam", "learning_rate": 1e-3, "weight_decay": 0.0, "ema": True,
+                     "class_weight": "balanced", "fine_tune": {"epochs": 1, "unfreeze_blocks": ["conv5_block16"]}},
+    }]}
+    exp = parse_config(raw).experiments[0]
+    run = run_experiment(exp, tmp_path / "out", seed=0, log=lambda m: None)
+    recorded = run.read_record().recipe.class_weights
+    assert len(calls) == (1 if weights == "random" else 2)
+    for cfg, class_weight in calls:
+        assert cfg.ema is True
+        assert class_weight is not None and sorted(class_weight.values()) == sorted(recorded.values())
