@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from killing import kill_after_first_epoch
 from triptych.config import parse_config
 from triptych.errors import InvalidArgumentError
 
@@ -38,23 +37,6 @@ def triptych(*args: str) -> subprocess.Popen:
            "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen([sys.executable, "-m", "triptych", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def kill_after_first_epoch(process: subprocess.Popen, backup: Path) -> None:
-    deadline = time.monotonic() + 600
-    try:
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                if json.loads(backup.read_text())["epoch"] >= 1:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.02)
-        assert process.poll() is None, "the run ended before it could be killed"
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 @pytest.mark.slow

@@ -11,11 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from killing import kill_after_first_epoch
 import yaml
 
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -58,21 +59,7 @@ def test_sigkill_mid_training_then_resume_loses_and_repeats_nothing(tmp_path):
         [sys.executable, "-m", "triptych", "run", str(config), "--out", str(out), "--no-report"],
         env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    deadline = time.monotonic() + 600
-    try:
-        # Kill as soon as epoch 0 is backed up: epoch 1 is then in flight.
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                if json.loads(backup.read_text())["epoch"] >= 1:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.02)
-        assert process.poll() is None, "the run ended before it could be killed"
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    kill_after_first_epoch(process, backup)  # epoch 0 is backed up, epoch 1 is in flight
     assert process.returncode == -signal.SIGKILL
 
     manifest = json.loads((run / "manifest.json").read_text())

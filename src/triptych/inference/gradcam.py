@@ -38,6 +38,7 @@ from triptych.inference.loading import (
     collect_images,
     load,
     read_image,
+    read_images,
 )
 from triptych.io import atomic_write_bytes, atomic_write_json
 
@@ -233,13 +234,8 @@ def explain(
     names = _unique_names(files)
     explained, skipped = [], []
     for start in range(0, len(files), batch_size):
-        images, kept = [], []
-        for path in files[start : start + batch_size]:
-            try:
-                images.append(read_image(path))
-                kept.append(path)
-            except ImageError as err:
-                skipped.append((str(path), str(err)))
+        images, kept, unreadable = read_images(files[start : start + batch_size])
+        skipped += unreadable
         if images:
             pngs = [Path(out_dir) / f"{names[path]}_gradcam.png" for path in kept]
             explained += _explain_batch(loaded, gradcam, kept, images, pngs, class_index)

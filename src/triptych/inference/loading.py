@@ -280,6 +280,18 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return read_image_file(path)
 
 
+def read_images(paths: Sequence[str | os.PathLike]) -> tuple[list[np.ndarray], list, list[tuple[str, str]]]:
+    """Decode a batch of files: ``(images, the paths they came from, [(path, why) unreadable])``."""
+    images, kept, unreadable = [], [], []
+    for path in paths:
+        try:
+            images.append(read_image(path))
+            kept.append(path)
+        except ImageError as err:
+            unreadable.append((str(path), str(err)))
+    return images, kept, unreadable
+
+
 def preprocess_images(images: Sequence[np.ndarray], size: tuple[int, int], preprocessing: str) -> np.ndarray:
     """Resize (exactly as the training pipeline does) and normalise a list of uint8 images."""
     height, width = size

@@ -20,13 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from triptych.errors import InvalidArgumentError
-from triptych.inference.loading import (
-    ImageError,
-    LoadedModel,
-    collect_images,
-    load,
-    read_image,
-)
+from triptych.inference.loading import LoadedModel, collect_images, load, read_images
 from triptych.models.forward import forward_function
 from triptych.progress import progress_bar
 
@@ -130,13 +124,9 @@ def run_batches(
     enabled = progress if progress is not None else (None if len(files) >= PROGRESS_MIN_FILES else False)
     with progress_bar(len(files), description, enabled=enabled) as advance:
         for start in range(0, len(files), batch_size):
-            images, kept = [], []
-            for path in files[start : start + batch_size]:
-                try:
-                    images.append(read_image(path))
-                    kept.append(path)
-                except ImageError as err:
-                    failed(Failure(str(path), str(err)))
+            images, kept, unreadable = read_images(files[start : start + batch_size])
+            for path, why in unreadable:
+                failed(Failure(path, why))
             if images:
                 handle(kept, predictor(loaded.preprocess(images)).numpy())
             advance(min(batch_size, len(files) - start))
