@@ -60,10 +60,24 @@ def _check_phases(exp: ExperimentConfig, spec: ModelSpec) -> None:
                 f"experiment {exp.name}: training.freeze_base: true needs a separate backbone (xception, densenet121); "
                 f"{spec.name} trains as one network: use freeze_base: auto or false"
             )
+    if training.fine_tune and (training.fine_tune.cache_views or 1) > 1:
+        _check_trunk_views(exp)
     if training.freeze_base is False and training.fine_tune:
         raise InvalidArgumentError(
             f"experiment {exp.name}: training.fine_tune follows a frozen-backbone phase, but training.freeze_base "
             "is false (the backbone trains end to end); use freeze_base: auto or true, or drop fine_tune"
+        )
+
+
+def _check_trunk_views(exp: ExperimentConfig) -> None:
+    """K augmented views of the trunk cache need the cache, and an augmentation that varies them."""
+    ft, augment = exp.training.fine_tune, exp.data.augment
+    missing = "fine_tune.trunk_cache is false" if ft.trunk_cache is False else (
+        None if augment.crop_padding or augment.flip else "data.augment augments nothing")
+    if missing:
+        raise InvalidArgumentError(
+            f"experiment {exp.name}: training.fine_tune.cache_views: {ft.cache_views} asks for augmented views "
+            f"in the trunk cache, but {missing}; use cache_views: 1 (or null)"
         )
 
 

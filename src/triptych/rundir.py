@@ -77,6 +77,17 @@ class FeatureCacheInfo(_Record):
     seconds: float
 
 
+class TrunkCacheInfo(_Record):
+    """Phase 2 of fine-tuning on cached activations of the frozen trunk."""
+
+    tensors: list[str]  # the trunk tensors the unfrozen top reads, named by their layers
+    train_shapes: list[list[int]]  # each cached training array (views x images, ...)
+    views: int  # training views per image (1: clean; K >= 2: augmented)
+    dtype: str  # storage dtype (float16)
+    hit: bool  # reused from the cache rather than computed
+    seconds: float
+
+
 class RunRecord(_Record):
     """``manifest.json``: everything a run records about itself, written by the runner alone.
 
@@ -105,8 +116,9 @@ class RunRecord(_Record):
     frozen_base_phase: bool | None = None  # phase 1 trains the head on a frozen backbone
     phases_done: list[str] = []  # "train", or "head" then "fine-tune"
     feature_cache: FeatureCacheInfo | None = None
+    trunk_cache: TrunkCacheInfo | None = None  # the fine-tune phase on cached trunk activations
     best_epoch: int | None = None
-    train_seconds: float | None = None  # the epochs in history.csv (every session) plus feature extraction
+    train_seconds: float | None = None  # the epochs in history.csv (every session) plus feature and trunk extraction
     predict_seconds: float | None = None
     peak_rss_mb: float | None = None
 

@@ -38,7 +38,16 @@ from triptych.reporting.plots import (
     save_figure,
 )
 from triptych.reporting.runs import EmbeddedFigure, RunView, load_views
-from triptych.rundir import STATUS_DONE, STATUS_FAILED, STATUS_RUNNING, DataInfo, FeatureCacheInfo, RunDir, RunRecord
+from triptych.rundir import (
+    STATUS_DONE,
+    STATUS_FAILED,
+    STATUS_RUNNING,
+    DataInfo,
+    FeatureCacheInfo,
+    RunDir,
+    RunRecord,
+    TrunkCacheInfo,
+)
 
 TEMPLATES = Path(__file__).parent / "templates"
 DIAGRAMS_DIR = "diagrams"
@@ -253,6 +262,7 @@ def _record_info(view: RunView) -> list[tuple[str, fmt.Cell]]:
         ("data", None if r.data is None else _data_text(r.data)),
         ("phases done", ", ".join(r.phases_done) or None),
         ("feature cache", None if r.feature_cache is None else _feature_cache_text(r.feature_cache)),
+        ("fine-tune", None if r.trunk_cache is None else _trunk_cache_text(r.trunk_cache)),
         ("started", r.started),
         ("ended", r.finished),
         ("git sha", r.git_sha),
@@ -277,6 +287,13 @@ def _feature_cache_text(cache: FeatureCacheInfo) -> str:
     views = f"{cache.views} view{'s' if cache.views != 1 else ''}"
     where = "reused from the cache" if cache.hit else "computed"
     return f"{where}, train features {shape} ({cache.dtype}, {views}, {cache.seconds:.1f} s)"
+
+
+def _trunk_cache_text(cache: TrunkCacheInfo) -> str:
+    shape = "×".join(f"{d:,}" for d in cache.train_shapes[0])
+    views = "1 clean view" if cache.views == 1 else f"{cache.views} augmented views"
+    where = "reused from the cache" if cache.hit else f"computed in {cache.seconds:.1f} s"
+    return f"on cached trunk activations ({views} a training image; {shape} {cache.dtype}, {where})"
 
 
 def _profile_rows(profile: dict[str, Any] | None) -> list[tuple[str, fmt.Cell]]:
