@@ -149,7 +149,9 @@ def trunk_views(exp: ExperimentConfig) -> int:
     return 2 if exp.data.augment.crop_padding or exp.data.augment.flip else 1
 
 
-def _trunk_inputs(model: keras.Model, exp: ExperimentConfig, data: PhaseData, weights_origin: str, log: Log):
+def _trunk_inputs(
+    model: keras.Model, exp: ExperimentConfig, data: PhaseData, weights_origin: str, log: Log
+) -> tuple[keras.Model, tf.data.Dataset, tf.data.Dataset, TrunkCacheInfo] | None:
     """``(top, train dataset, val dataset, info)`` on the trunk cache, or None: trunk_cache is
     off, nothing below the unfrozen layers is frozen, or the activations exceed float16."""
     ft = exp.training.fine_tune
@@ -171,12 +173,13 @@ def _trunk_arrays(split: TrunkSplit, exp: ExperimentConfig, data: PhaseData, wei
     """The trunk's activations of the training views and the clean validation view."""
     views = trunk_views(exp)
     started = time.perf_counter()
+    trunk_weights = weights_digest(split.trunk)
 
     def key(split_name: str, count: int) -> TrunkKey:
         return TrunkKey(
             model=exp.model.name,
             weights=weights_origin,
-            trunk_weights=weights_digest(split.trunk),
+            trunk_weights=trunk_weights,
             image_size=data.image_size,
             preprocessing=data.preprocessing,
             tensors=tuple(split.tensors),
