@@ -9,8 +9,12 @@ A headline needs N >= 5 (the default: 5 with --quick, 7 without); fewer is flagg
 
 - ``resnet50_train_vs_keras_applications``: our ResNet-50 training images/s / keras.applications'
   (goal >= 1.0), at 224x224 (also reported at 32x32);
-- ``finetune_cached_vs_uncached_incl_cache_build``: phase 1 of the demo's Xception recipe, (cache
-  build + its N head epochs on the cache) / N uncached epochs. Secondary, never the headline:
+- ``finetune_recipe_cached_vs_uncached``: the demo's whole two-phase Xception recipe with the head
+  feature cache and the phase-2 trunk cache, every cache build included, / the same recipe on
+  images (goal <= 0.3); ``finetune_trunk_cached_vs_full_epoch_xception`` (block14 open, goal <= 0.2)
+  and ``_densenet121`` (last two dense layers open, goal <= 0.05): a phase-2 epoch on the trunk cache /
+  a normal fine-tune epoch at 224 px (benchmarks/finetune_cache.py says how). Phase 1 alone:
+  ``finetune_cached_vs_uncached_incl_cache_build``. Secondary, never the headline:
   ``finetune_cached_vs_uncached_epoch``, per head epoch, which leaves the cache build out (named beside it);
 - ``bf16_vs_fp32_inference``: Xception and DenseNet-121 inference speed-up under ``mixed_bfloat16``
   (>= 1.5), with the accuracy change of a head trained on fp32 features of real WikiArt paintings
@@ -225,10 +229,13 @@ def _op_group(op: str) -> str:
 def finetune(quick: bool, rounds: int) -> dict:
     import finetune_cache
 
-    result = finetune_cache.measure(128 if quick else 256, rounds, finetune_cache.recipe())
-    result["resolution"] = (f"{rounds} rounds; Xception {result['image_size']}px batch {result['batch']}, "
-                            f"{result['images']} images, {result['recipe']['epochs']} epochs")
-    log(finetune_cache.describe(result))
+    settings = finetune_cache.recipe()
+    result = finetune_cache.measure_all(128 if quick else 256, rounds, settings, trunk_images=64 if quick else 256)
+    result["resolution"] = (f"{rounds} rounds; recipe: Xception {settings['image_size']}px batch {settings['batch_size']}, "
+                            f"{result['recipe']['images']} images, {settings['epochs']}+{settings['fine_tune_epochs']} "
+                            f"epochs, {settings['cache_views']}+{settings['trunk_views']} views; trunk epochs at 224px, "
+                            f"{result['trunk']['xception']['images']} images")
+    log(finetune_cache.describe_all(result))
     return result
 
 
@@ -520,11 +527,16 @@ def summarize(details: dict, rounds: int) -> dict:
     summary["resnet50_train_vs_keras_applications"] = get("resnet", "224x224", "ratio")
     summary["resnet50_train_vs_keras_applications_cpu_time"] = get("resnet", "224x224", "ratio_cpu_time")
     summary["resnet50_train_vs_keras_applications_32px"] = get("resnet", "32x32", "ratio")
-    summary["finetune_cached_vs_uncached_incl_cache_build"] = get("finetune", "cached_vs_uncached_incl_cache_build")
-    summary["finetune_cached_vs_uncached_incl_cache_build_cpu_time"] = get("finetune", "cached_vs_uncached_incl_cache_build_cpu_time")
+    summary["finetune_recipe_cached_vs_uncached"] = get("finetune", "finetune_recipe_cached_vs_uncached")
+    summary["finetune_trunk_cached_vs_full_epoch_xception"] = get("finetune", "finetune_trunk_cached_vs_full_epoch_xception")
+    summary["finetune_trunk_cached_vs_full_epoch_densenet121"] = get(
+        "finetune", "finetune_trunk_cached_vs_full_epoch_densenet121")
+    summary["finetune_cached_vs_uncached_incl_cache_build"] = get("finetune", "head_phase", "cached_vs_uncached_incl_cache_build")
+    summary["finetune_cached_vs_uncached_incl_cache_build_cpu_time"] = get(
+        "finetune", "head_phase", "cached_vs_uncached_incl_cache_build_cpu_time")
     # Secondary, never the headline: per head epoch, the cache build left out (named beside it).
     summary["finetune_cached_vs_uncached_epoch"] = get("finetune", "finetune_cached_vs_uncached_epoch")
-    summary["finetune_cached_vs_uncached_epoch_leaves_out"] = get("finetune", "per_epoch_ratio_leaves_out")
+    summary["finetune_cached_vs_uncached_epoch_leaves_out"] = get("finetune", "head_phase", "per_epoch_ratio_leaves_out")
     archs = ("xception", "densenet121")
     for suffix, key in (("", "speedup"), ("_cpu_time", "speedup_cpu_time")):
         speedups = [get("bf16", arch, key) for arch in archs]

@@ -48,6 +48,12 @@ class AugmentConfig(_Strict):
         "With mixup too, each batch gets one of the two, at random",
     )
 
+    @property
+    def varies_images(self) -> bool:
+        """Whether two passes over the training images differ (so augmented cache views differ)."""
+        return bool(self.crop_padding or self.flip or self.rand_augment or self.zoom or self.erasing
+                    or self.mixup or self.cutmix)
+
 
 class DataConfig(_Strict):
     dataset: Literal["cifar10", "folder"] = Field(
@@ -114,6 +120,18 @@ class FineTuneConfig(_Strict):
     early_stopping_patience: int | None = Field(
         2, ge=1, description="stop phase 2 after this many epochs without a better val_loss; null: never"
     )
+    trunk_cache: bool | None = Field(
+        None,
+        description="run the frozen layers below the unfrozen ones once per image view, keep their activations "
+        "($TRIPTYCH_CACHE, float16) and train the unfrozen blocks and the head on them; null: whenever the "
+        "unfrozen layers leave a frozen trunk below them; false: every epoch runs the whole backbone",
+    )
+    cache_views: int | None = Field(
+        None,
+        ge=1,
+        description="trunk cache: views per training image; 1: one clean (unaugmented) view; K >= 2: K augmented "
+        "views (needs data.augment), epoch e trains on view e mod K; null: 2 when data.augment is on, else 1",
+    )
 
     @model_validator(mode="after")
     def _something_to_unfreeze(self) -> FineTuneConfig:
@@ -151,7 +169,10 @@ class TrainingConfig(_Strict):
         "auto", description="train only the head in this phase; auto: when the backbone starts pretrained"
     )
     feature_cache: bool = Field(True, description="frozen base: compute its features once, train the head on them")
-    cache_views: int = Field(1, ge=1, description="augmented views per training image in the feature cache")
+    cache_views: int = Field(
+        1, ge=1, description="feature cache: views per training image; 1: one clean (unaugmented) view; "
+        "K >= 2: K augmented views (data.augment), all K x N rows in every head epoch"
+    )
     cache_dtype: Literal["float32", "bfloat16"] = Field("float32", description="compute cached features in this precision")
     fine_tune: FineTuneConfig | None = Field(
         None,

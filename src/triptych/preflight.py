@@ -81,6 +81,8 @@ def _check_phases(exp: ExperimentConfig, spec: ModelSpec) -> None:
                 f"experiment {exp.name}: training.freeze_base: true needs a separate backbone (xception, densenet121); "
                 f"{spec.name} trains as one network: use freeze_base: auto or false"
             )
+    if training.fine_tune and (training.fine_tune.cache_views or 1) > 1:
+        _check_trunk_views(exp)
     if training.freeze_base is False and training.fine_tune:
         raise InvalidArgumentError(
             f"experiment {exp.name}: training.fine_tune follows a frozen-backbone phase, but training.freeze_base "
@@ -95,6 +97,18 @@ def _check_class_weight(exp: ExperimentConfig) -> None:
         raise InvalidArgumentError(
             f"experiment {exp.name}: training.class_weight weights each image by its class, but data.augment.mixup / "
             "cutmix give an image two classes; use class_weight: null or turn mixup and cutmix off"
+        )
+
+
+def _check_trunk_views(exp: ExperimentConfig) -> None:
+    """K augmented views of the trunk cache need the cache, and an augmentation that varies them."""
+    ft, augment = exp.training.fine_tune, exp.data.augment
+    missing = "fine_tune.trunk_cache is false" if ft.trunk_cache is False else (
+        None if augment.varies_images else "data.augment augments nothing")
+    if missing:
+        raise InvalidArgumentError(
+            f"experiment {exp.name}: training.fine_tune.cache_views: {ft.cache_views} asks for augmented views "
+            f"in the trunk cache, but {missing}; use cache_views: 1 (or null)"
         )
 
 

@@ -109,6 +109,17 @@ class RecipeInfo(_Record):
     tta: str = "none"  # test-time augmentation: none | flip
 
 
+class TrunkCacheInfo(_Record):
+    """Phase 2 of fine-tuning on cached activations of the frozen trunk."""
+
+    tensors: list[str]  # the trunk tensors the unfrozen top reads, named by their layers
+    train_shapes: list[list[int]]  # each cached training array (views x images, ...)
+    views: int  # training views per image (1: clean; K >= 2: augmented)
+    dtype: str  # storage dtype (float16)
+    hit: bool  # reused from the cache rather than computed
+    seconds: float
+
+
 class RunRecord(_Record):
     """``manifest.json``: everything a run records about itself, written by the runner alone.
 
@@ -140,8 +151,9 @@ class RunRecord(_Record):
     feature_cache: FeatureCacheInfo | None = None
     budget: BudgetInfo | None = None  # training.time_budget: the epochs chosen for it and why
     recipe: RecipeInfo | None = None  # augmentation, weight average, class weights, test-time augmentation
+    trunk_cache: TrunkCacheInfo | None = None  # the fine-tune phase on cached trunk activations
     best_epoch: int | None = None
-    train_seconds: float | None = None  # the epochs in history.csv (every session) plus feature extraction
+    train_seconds: float | None = None  # the epochs in history.csv (every session) plus feature and trunk extraction
     predict_seconds: float | None = None
     peak_rss_mb: float | None = None
 

@@ -82,6 +82,7 @@ from triptych.rundir import (
     RunDir,
     RunRecord,
     SplitFingerprints,
+    TrunkCacheInfo,
     experiment_dirs,
 )
 from triptych.training.budget_plan import plan_epochs, with_chosen_epochs
@@ -424,6 +425,7 @@ def phase_data(exp: ExperimentConfig, splits: Splits, built: BuiltModel, seed: i
     return PhaseData(
         make=make,
         num_train=len(splits.train),
+        num_val=len(splits.val),
         batch_size=exp.data.batch_size,
         fingerprint="/".join(fingerprint(getattr(splits, k)) for k in ("train", "val")),
         preprocessing=built.preprocessing,
@@ -481,7 +483,8 @@ class TrainResult:
     best_epoch: int | None  # on validation, over all phases
     phases_done: list[str]
     feature_cache: FeatureCacheInfo | None
-    train_seconds: float  # the epochs in history.csv (all sessions) plus the feature extraction
+    trunk_cache: TrunkCacheInfo | None
+    train_seconds: float  # the epochs in history.csv (all sessions) plus the feature and trunk extraction
 
 
 def train(run: RunDir, record: RunRecord, exp: ExperimentConfig, built: BuiltModel, inputs: PhaseData, log: Log) -> TrainResult:
@@ -495,20 +498,25 @@ def train(run: RunDir, record: RunRecord, exp: ExperimentConfig, built: BuiltMod
         outcome = run_phase(phase, built.model, exp, run, inputs, weights_origin=built.weights_origin, log=log)
         record.phases_done = [*record.phases_done, phase]
         record.feature_cache = outcome.feature_cache or record.feature_cache
+        record.trunk_cache = outcome.trunk_cache or record.trunk_cache
         run.write_record(record)
     return TrainResult(
         best_epoch=best_checkpoint_epoch(run.best_weights),
         phases_done=record.phases_done,
         feature_cache=record.feature_cache,
-        train_seconds=training_seconds(run, record.feature_cache),
+        trunk_cache=record.trunk_cache,
+        train_seconds=training_seconds(run, record.feature_cache, record.trunk_cache),
     )
 
 
-def training_seconds(run: RunDir, feature_cache: FeatureCacheInfo | None) -> float:
+def training_seconds(
+    run: RunDir, feature_cache: FeatureCacheInfo | None, trunk_cache: TrunkCacheInfo | None = None
+) -> float:
     """Wall time of the epochs in history.csv -- which survives a kill, unlike a timer -- plus
-    the feature extraction of a cached head phase."""
+    the feature extraction of a cached head phase and the trunk extraction of a cached fine-tune."""
     epochs = sum(float(row.get("epoch_seconds") or 0.0) for row in read_history_rows(run.history))
-    return round(epochs + (feature_cache.seconds if feature_cache else 0.0), 3)
+    extraction = sum(cache.seconds for cache in (feature_cache, trunk_cache) if cache)
+    return round(epochs + extraction, 3)
 
 
 # --- step 5: evaluation ---------------------------------------------------------------------

@@ -36,6 +36,28 @@ def test_every_freeze_base_and_fine_tune_combination_runs_or_is_refused(case):
     assert message.startswith(f"experiment x: {expected}") and "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("views", "trunk_cache", "augment", "refused"),
+    [
+        (2, None, {"flip": True}, None),
+        (1, None, {}, None),
+        (None, None, {}, None),  # default: 1 clean view without augmentation
+        (2, None, {}, "data.augment augments nothing"),
+        (2, False, {"flip": True}, "fine_tune.trunk_cache is false"),
+    ],
+)
+def test_augmented_trunk_views_need_the_cache_and_an_augmentation(views, trunk_cache, augment, refused):
+    fine_tune = {**FINE_TUNE, "cache_views": views, "trunk_cache": trunk_cache}
+    experiment = {"name": "x", "model": {"name": "xception"}, "data": {"augment": augment},
+                  "training": {"fine_tune": fine_tune}}
+    cfg = parse_config({"experiments": [experiment]})
+    if refused is None:
+        validate_experiments(cfg)
+        return
+    with pytest.raises(InvalidArgumentError, match=rf"^experiment x: training.fine_tune.cache_views: 2 .*{refused}"):
+        validate_experiments(cfg)
+
+
 def test_output_dir_errors_name_the_python_arguments(tmp_path):
     with pytest.raises(InvalidArgumentError, match=r"^resume=True and overwrite=True contradict"):
         prepare_output_dir(tmp_path / "out", resume=True, overwrite=True)

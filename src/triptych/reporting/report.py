@@ -47,6 +47,7 @@ from triptych.rundir import (
     RecipeInfo,
     RunDir,
     RunRecord,
+    TrunkCacheInfo,
 )
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -266,6 +267,7 @@ def _record_info(view: RunView) -> list[tuple[str, fmt.Cell]]:
         ("feature cache", None if r.feature_cache is None else _feature_cache_text(r.feature_cache)),
         ("time budget", None if r.budget is None else budget.describe(r.budget)),
         *_recipe_rows(r.recipe),
+        ("fine-tune", None if r.trunk_cache is None else _trunk_cache_text(r.trunk_cache)),
         ("started", r.started),
         ("ended", r.finished),
         ("git sha", r.git_sha),
@@ -304,6 +306,13 @@ def _recipe_rows(recipe: RecipeInfo | None) -> list[tuple[str, str | None]]:
          "balanced: " + ", ".join(f"{name} {w:.2f}" for name, w in weights.items())),
         ("test-time augmentation", None if recipe.tta == "none" else f"{recipe.tta} (probabilities averaged)"),
     ]
+
+
+def _trunk_cache_text(cache: TrunkCacheInfo) -> str:
+    shape = "×".join(f"{d:,}" for d in cache.train_shapes[0])
+    views = "1 clean view" if cache.views == 1 else f"{cache.views} augmented views"
+    where = "reused from the cache" if cache.hit else f"computed in {cache.seconds:.1f} s"
+    return f"on cached trunk activations ({views} a training image; {shape} {cache.dtype}, {where})"
 
 
 def _profile_rows(profile: dict[str, Any] | None) -> list[tuple[str, fmt.Cell]]:

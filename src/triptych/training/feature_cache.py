@@ -1,8 +1,8 @@
 """Frozen-feature cache for phase 1 of fine-tuning.
 
 While the backbone is frozen it is a fixed function, so running it on every image in every
-epoch is wasted work: compute its pooled features once per image (optionally for K augmented
-views, optionally in bfloat16), keep them on disk keyed by everything that determines them,
+epoch is wasted work: compute its pooled features once per image (one clean view, or K augmented
+views; optionally in bfloat16), keep them on disk keyed by everything that determines them,
 and train the head on the cache. On a CPU this turns hours into minutes.
 """
 
@@ -18,9 +18,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from triptych.cache import CACHE_ENV
 from triptych.io import atomic_path
+from triptych.models.forward import forward_function
 
 
 def default_cache_dir() -> Path:
@@ -93,12 +95,17 @@ def cached_features(
 
 
 def extract(extractor: keras.Model, datasets: list) -> tuple[np.ndarray, np.ndarray]:
-    """Run the extractor over one or more (image, one-hot label) datasets (e.g. K augmented views)."""
+    """Run the extractor over one or more (image, one-hot label) datasets (e.g. K augmented views).
+
+    A plain forward pass, not ``predict_on_batch``: under a tf.distribute strategy that hands
+    every replica the whole batch and gathers their outputs, i.e. N rows per image with N
+    replicas. Each worker of a multi-worker run computes the same features this way."""
+    forward = forward_function(extractor)
     features, labels = [], []
     for dataset in datasets:
         # One pass, so features and labels line up even when the dataset reshuffles per iteration.
         for images, onehot in dataset:
-            features.append(np.asarray(extractor.predict_on_batch(images), dtype=np.float32))
+            features.append(tf.cast(forward(images), tf.float32).numpy())
             labels.append(np.asarray(onehot))
     return np.concatenate(features), np.concatenate(labels)
 

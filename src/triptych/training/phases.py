@@ -5,7 +5,8 @@
 - A pretrained backbone trains in two phases, as the Keras transfer-learning guide
   recommends: ``head`` (backbone frozen; on cached features when enabled) and
   ``fine-tune`` (the last blocks unfrozen, BatchNorm still frozen, small learning rate,
-  early stopping). Phase 2 starts from the best phase-1 weights.
+  early stopping; on cached activations of the frozen trunk below them when possible, see
+  :mod:`triptych.training.trunk_cache`). Phase 2 starts from the best phase-1 weights.
 
 Each phase has its own BackupAndRestore directory. The runner runs the phases of
 :func:`plan_phases` one by one with :func:`run_phase` and records each finished one, so a
@@ -23,12 +24,22 @@ import keras
 import tensorflow as tf
 
 from triptych.config import EarlyStoppingConfig, ExperimentConfig, TrainingConfig
+from triptych.errors import InvalidArgumentError
 from triptych.models import build
 from triptych.models.pretrained import unfreeze
-from triptych.rundir import FeatureCacheInfo, RunDir
+from triptych.rundir import FeatureCacheInfo, RunDir, TrunkCacheInfo
 from triptych.training.callbacks import load_model_weights, read_history_rows
 from triptych.training.feature_cache import CacheKey, cached_features, extract, extractor_in_dtype, head_model
 from triptych.training.trainer import RunFiles, fit, steps_for
+from triptych.training.trunk_cache import (
+    TrunkKey,
+    TrunkRangeError,
+    TrunkSplit,
+    cached_trunk,
+    split_model,
+    trunk_dataset,
+    weights_digest,
+)
 
 Log = Callable[[str], None]
 
@@ -41,6 +52,7 @@ class PhaseData:
 
     make: Callable[..., tf.data.Dataset]  # make(split, training, seed=None)
     num_train: int
+    num_val: int
     batch_size: int
     fingerprint: str
     preprocessing: str
@@ -56,6 +68,7 @@ class PhaseOutcome:
 
     phase: str
     feature_cache: FeatureCacheInfo | None = None  # the head phase on cached features
+    trunk_cache: TrunkCacheInfo | None = None  # the fine-tune phase on cached trunk activations
 
 
 def plan_phases(training: TrainingConfig, frozen_base: bool) -> list[str]:
@@ -70,8 +83,7 @@ def run_phase(
 ) -> PhaseOutcome:
     """Train ``model`` through one phase (continuing its backup if a run was killed in it)."""
     if phase == FINE_TUNE:
-        _fine_tune(model, exp, run, data, log)
-        return PhaseOutcome(phase)
+        return PhaseOutcome(phase, trunk_cache=_fine_tune(model, exp, run, data, weights_origin, log))
     if phase == HEAD:
         model.get_layer("base").trainable = False
         if exp.training.feature_cache:
@@ -89,13 +101,34 @@ def run_phase(
     return PhaseOutcome(phase)
 
 
-def _fine_tune(model: keras.Model, exp: ExperimentConfig, run: RunDir, data: PhaseData, log: Log) -> None:
+def _fine_tune(
+    model: keras.Model, exp: ExperimentConfig, run: RunDir, data: PhaseData, weights_origin: str, log: Log
+) -> TrunkCacheInfo | None:
+    """Phase 2, on cached trunk activations when the frozen layers below the unfrozen ones allow."""
     ft = exp.training.fine_tune
     if run.best_weights.exists():
         load_model_weights(model, run.best_weights)  # start from the best head
     count = unfreeze(model, ft.unfreeze_blocks, ft.unfreeze_layers)
     log(f"[{exp.name}] fine-tune: {count} backbone layers unfrozen (BatchNorm stays frozen), lr {ft.learning_rate:g}")
-    cfg = TrainingConfig(
+    cfg = _fine_tune_config(exp)
+    files = _files(run, FINE_TUNE)
+    steps = steps_for(data.num_train, data.batch_size)
+    offset = _epochs_before(run, FINE_TUNE)
+    cached = _trunk_inputs(model, exp, data, weights_origin, log)
+    if cached is None:
+        fit(model, data.make("train", True), data.make("val", False), cfg, files, steps_per_epoch=steps,
+            history_extra={"phase": FINE_TUNE}, epoch_offset=offset, class_weight=data.class_weight)
+        return None
+    top, train_ds, val_ds, info = cached
+    # The best checkpoint holds the full model's weights: model.keras stays the whole model.
+    fit(top, train_ds, val_ds, cfg, files, steps_per_epoch=steps, history_extra={"phase": FINE_TUNE},
+        epoch_offset=offset, save_model=model, class_weight=data.class_weight)
+    return info
+
+
+def _fine_tune_config(exp: ExperimentConfig) -> TrainingConfig:
+    ft = exp.training.fine_tune
+    return TrainingConfig(
         epochs=ft.epochs,
         optimizer=ft.optimizer,
         learning_rate=ft.learning_rate,
@@ -109,17 +142,73 @@ def _fine_tune(model: keras.Model, exp: ExperimentConfig, run: RunDir, data: Pha
         else None,
         tensorboard=exp.training.tensorboard,
     )
-    fit(
-        model,
-        data.make("train", True),
-        data.make("val", False),
-        cfg,
-        _files(run, FINE_TUNE),
-        steps_per_epoch=steps_for(data.num_train, data.batch_size),
-        history_extra={"phase": FINE_TUNE},
-        epoch_offset=_epochs_before(run, FINE_TUNE),
-        class_weight=data.class_weight,
+
+
+def trunk_views(exp: ExperimentConfig) -> int:
+    """``fine_tune.cache_views``, or its default: 2 augmented views when data.augment does
+    anything, else 1 clean view."""
+    ft = exp.training.fine_tune
+    if ft.cache_views is not None:
+        return ft.cache_views
+    return 2 if exp.data.augment.varies_images else 1
+
+
+def _trunk_inputs(
+    model: keras.Model, exp: ExperimentConfig, data: PhaseData, weights_origin: str, log: Log
+) -> tuple[keras.Model, tf.data.Dataset, tf.data.Dataset, TrunkCacheInfo] | None:
+    """``(top, train dataset, val dataset, info)`` on the trunk cache, or None: trunk_cache is
+    off, nothing below the unfrozen layers is frozen, or the activations exceed float16."""
+    ft = exp.training.fine_tune
+    if ft.trunk_cache is False:
+        return None
+    try:
+        split = split_model(model, ft.unfreeze_blocks, ft.unfreeze_layers)
+        (train, val), info = _trunk_arrays(split, exp, data, weights_origin)
+    except (InvalidArgumentError, TrunkRangeError) as err:
+        log(f"[{exp.name}] fine-tune on images, not on a trunk cache: {err}")
+        return None
+    shape = "x".join(str(d) for d in info.train_shapes[0])
+    log(f"[{exp.name}] fine-tune on cached trunk activations {shape} ({info.views} view(s); "
+        f"{'from cache' if info.hit else f'computed in {info.seconds:.0f}s'})")
+    return split.top, trunk_dataset(train, data.batch_size, seed=data.seed), trunk_dataset(val, data.batch_size), info
+
+
+def _trunk_arrays(split: TrunkSplit, exp: ExperimentConfig, data: PhaseData, weights_origin: str):
+    """The trunk's activations of the training views and the clean validation view."""
+    views = trunk_views(exp)
+    started = time.perf_counter()
+    trunk_weights = weights_digest(split.trunk)
+
+    def key(split_name: str, count: int) -> TrunkKey:
+        return TrunkKey(
+            model=exp.model.name,
+            weights=weights_origin,
+            trunk_weights=trunk_weights,
+            image_size=data.image_size,
+            preprocessing=data.preprocessing,
+            tensors=tuple(split.tensors),
+            data_fingerprint=f"{split_name}:{data.fingerprint}",
+            views=count,
+            augment=data.augment if count > 1 else "none",
+            seed=data.seed,
+            precision=exp.training.precision,
+        )
+
+    # One clean view, or K augmented views each with its own seed.
+    train_sets = [data.make("train", False)] if views == 1 else [
+        data.make("train", True, seed=data.seed + v) for v in range(views)
+    ]
+    train, hit_train = cached_trunk(key("train", views), split.trunk, train_sets, data.num_train)
+    val, hit_val = cached_trunk(key("val", 1), split.trunk, [data.make("val", False)], data.num_val)
+    info = TrunkCacheInfo(
+        tensors=split.tensors,
+        train_shapes=[list(t.shape) for t in train.tensors],
+        views=views,
+        dtype=str(train.tensors[0].dtype),
+        hit=bool(hit_train and hit_val),
+        seconds=round(time.perf_counter() - started, 2),
     )
+    return (train, val), info
 
 
 def _fit_head_on_cache(

@@ -5,13 +5,14 @@ for a tiny backbone with DenseNet's layer names (models/test_pretrained.py cover
 """
 
 import json
+import os
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 
-from triptych.config import parse_config
+from triptych.config import AugmentConfig, parse_config
 from triptych.runner import run_experiment
 from triptych.training import phases
 
@@ -83,10 +84,46 @@ def test_two_phases_one_history_and_cache_reuse(tmp_path, image_folder, weights_
     assert record.feature_cache.hit is False and record.feature_cache.train_features == [36, 16]
     assert record.weights.startswith("local file dn.weights.h5")
     assert record.best_epoch in (0, 1, 2) and record.train_seconds >= record.feature_cache.seconds
+    trunk = record.trunk_cache  # phase 2 on the tiny backbone's conv1 output, one clean view
+    assert trunk.hit is False and trunk.tensors == ["conv1_conv"] and trunk.views == 1
+    assert trunk.train_shapes == [[36, 15, 15, 8]] and trunk.dtype == "float16"
     second = run_experiment(exp, tmp_path / "b", seed=0, log=lambda m: None)
-    assert second.read_record().feature_cache.hit is True
+    assert second.read_record().feature_cache.hit is True and second.read_record().trunk_cache.hit is True
     # Same features, same seed: the head phase learns the same thing from the cache.
     np.testing.assert_allclose(history(second)["loss"][:2], frame["loss"][:2], rtol=1e-4)
+
+
+def test_an_edited_training_image_rebuilds_the_caches(tmp_path, image_folder, weights_file, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("TRIPTYCH_CACHE", str(tmp_path / "cache"))
+    for path in image_folder.rglob("*.png"):  # uncompressed: a file's size is fixed by its pixel count
+        Image.open(path).save(path, compress_level=0)
+    exp = experiment(image_folder, weights_file)
+    first = run_experiment(exp, tmp_path / "a", seed=0, log=lambda m: None)
+    edited = pd.read_csv(first.split).query("split == 'train'")["id"].iloc[0]
+    size = os.path.getsize(edited)
+    Image.fromarray(255 - np.asarray(Image.open(edited))).save(edited, compress_level=0)
+    assert os.path.getsize(edited) == size  # same name, same size, other pixels
+    second = run_experiment(exp, tmp_path / "b", seed=0, log=lambda m: None)
+    before, after = first.read_record(), second.read_record()
+    assert before.data.fingerprint.train != after.data.fingerprint.train
+    assert after.trunk_cache.hit is False and after.feature_cache.hit is False
+
+
+def test_augmented_trunk_views_and_the_saved_model_is_the_whole_model(tmp_path, image_folder, weights_file, monkeypatch):
+    monkeypatch.setenv("TRIPTYCH_CACHE", str(tmp_path / "cache"))
+    exp = experiment(image_folder, weights_file)
+    exp = exp.model_copy(update={"data": exp.data.model_copy(update={"augment": AugmentConfig(flip=True)})})
+    run = run_experiment(exp, tmp_path / "out", seed=0, log=lambda m: None)
+    trunk = run.read_record().trunk_cache
+    assert trunk.views == 2 and trunk.train_shapes == [[72, 15, 15, 8]]  # 2 augmented views of 36 images
+    saved = keras.saving.load_model(run.model)  # plain Keras, the whole model: image in, probabilities out
+    assert saved.input_shape == (None, 32, 32, 3)
+    assert saved.predict(np.zeros((2, 32, 32, 3), "float32"), verbose=0).shape == (2, 3)
+    # The whole model, trunk included (the unit tests show phase 2 on the cache trains its weights).
+    assert {"conv1_conv", "conv5_block16_2_conv"} <= {layer.name for layer in saved.get_layer("base").layers}
+    assert history(run)["phase"].tolist() == ["head", "head", "fine-tune"]
 
 
 def test_resume_after_a_kill_between_phases_loses_and_repeats_nothing(tmp_path, image_folder, weights_file, monkeypatch):
