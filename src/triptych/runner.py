@@ -56,6 +56,7 @@ from triptych.preflight import (
     weight_candidates,
 )
 from triptych.provenance import git_sha, package_versions, peak_rss_mb, utc_now
+from triptych.repeats import expand_repeats
 from triptych.reporting import build_report
 from triptych.rundir import (
     STATUS_DONE,
@@ -90,7 +91,8 @@ class RunOptions:
 
 
 def run_config(config: Config, out: str | Path, options: RunOptions = RunOptions(), log: Log = print) -> list[RunDir]:
-    """Run every experiment of ``config`` into ``out/<experiment>/`` and write ``out/report.html``."""
+    """Run every experiment of ``config`` into ``out/<experiment>/`` (a repeated one into
+    ``out/<experiment>@s<seed>/``, see :mod:`triptych.repeats`) and write ``out/report.html``."""
     validate_experiments(config)  # a mistake in any experiment stops the run before the first trains
     if options.threads is not None and options.threads < 1:
         raise InvalidArgumentError(f"threads must be at least 1, got {options.threads}")
@@ -103,8 +105,8 @@ def run_config(config: Config, out: str | Path, options: RunOptions = RunOptions
     kind = options.track or config.tracking
     with tracking.start(config, out, kind=kind if is_chief() else "none") as tracker:
         runs = []
-        for exp in config.experiments:
-            runs.append(_run_one(exp, out, config.seed, options, log))
+        for exp, seed in expand_repeats(config):
+            runs.append(_run_one(exp, out, seed, options, log))
             if exp.name not in done_before:
                 tracker.log_experiment(runs[-1].root)
         report = None
@@ -251,7 +253,7 @@ def prepare_data(exp: ExperimentConfig, seed: int, log: Log) -> PreparedData:
     source, note = load_source(exp, log)
     split = partial(
         make_splits,
-        seed=seed,
+        seed=seed if exp.data.split_seed is None else exp.data.split_seed,  # repeats may fix the split
         val_fraction=exp.data.val_fraction,
         test_fraction=exp.data.test_fraction,
         train_per_class=exp.data.train_per_class,
