@@ -23,7 +23,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -97,7 +97,14 @@ def run_config(config: Config, out: str | Path, options: RunOptions = RunOptions
     if options.threads is not None and options.threads < 1:
         raise InvalidArgumentError(f"threads must be at least 1, got {options.threads}")
     strategies = [exp.training.strategy for exp in config.experiments]
+    if "multiworker" in strategies:
+        # In-process, not a process per experiment: TF_CONFIG fixes each worker's port, and a worker that ends
+        # an experiment first would start the next one's process while another worker's previous process still
+        # serves that port (e.g. drawing Grad-CAM, which needs no collective): the new strategy would then join
+        # a cluster of mixed incarnations, refused or hung. One process keeps one strategy for every experiment.
+        options = replace(options, isolate=False)
     if not options.isolate:
+        set_threads(options.threads)
         init_strategies(strategies)  # before TensorFlow runs anything (the multi-worker strategy needs that)
     out = worker_output_dir(out, strategies)  # multi-worker: the chief writes OUT, worker i OUT.worker-i
     prepare_output_dir(out, resume=options.resume, overwrite=options.overwrite)
