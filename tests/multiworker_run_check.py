@@ -38,7 +38,7 @@ RUN_FILES = ("config.yaml", "manifest.json", "history.csv", "model.keras", "pred
 # The fine-tune's head phase trains on a frozen backbone without the feature cache: under a strategy
 # the cache gets one row per worker shard (fixed on another branch; switch it on when merged).
 FEATURE_CACHE = False
-_DATA = {"dataset": "cifar10", "train_per_class": 3, "test_per_class": 2, "val_fraction": 0.25, "batch_size": 8}
+_DATA = {"dataset": "cifar10", "train_per_class": 4, "test_per_class": 2, "val_fraction": 0.25, "batch_size": 10}
 
 
 def small_config(epochs: int = 2, fine_tune: bool = True) -> dict:
@@ -54,9 +54,9 @@ def small_config(epochs: int = 2, fine_tune: bool = True) -> dict:
             "name": "finetune",
             "model": {"name": "mobilenet", "weights": None, "options": {"dropout": 0.0}},
             "data": {**_DATA, "image_size": 32},
-            "training": {"epochs": 1, "optimizer": "adam", "learning_rate": 0.01, "tensorboard": False,
+            "training": {"epochs": 1, "optimizer": "sgd", "learning_rate": 0.1, "tensorboard": False,
                          "strategy": "multiworker", "freeze_base": True, "feature_cache": FEATURE_CACHE,
-                         "fine_tune": {"epochs": 1, "learning_rate": 0.001, "unfreeze_layers": 6}},
+                         "fine_tune": {"epochs": 1, "optimizer": "sgd", "learning_rate": 0.01, "unfreeze_layers": 6}},
         })
     return {"seed": 0, "title": "multi-worker check", "experiments": experiments}
 
