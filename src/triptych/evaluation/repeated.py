@@ -32,6 +32,9 @@ from scipy import stats
 from triptych.errors import InvalidArgumentError
 
 PAIRED_T = "paired t-test over seeds (every repeat on the same split)"
+# Differences closer than this are equal: float noise (e.g. 0.1 - 0.1 computed two ways) must not
+# become a tiny variance and an absurdly "significant" t.
+SAME_DIFFERENCE = 1e-12
 CORRECTED_T = "corrected resampled t-test (Nadeau & Bengio 2003; a new split per seed)"
 
 
@@ -82,7 +85,7 @@ def _t_test(d: np.ndarray, variance_factor: float | None) -> dict[str, Any]:
     n, mean, variance = d.size, float(d.mean()), float(d.var(ddof=1))
     factor = 1 / n if variance_factor is None else variance_factor
     df = n - 1
-    if variance == 0:  # every difference equal: no spread to test against
+    if np.ptp(d) <= SAME_DIFFERENCE:  # every difference equal: no spread to test against
         statistic = 0.0 if mean == 0 else math.copysign(math.inf, mean)
         p_value = 1.0 if mean == 0 else 0.0
     else:

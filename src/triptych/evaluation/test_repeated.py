@@ -54,6 +54,7 @@ def test_corrected_resampled_t_test_by_hand():
 
 def test_equal_differences_have_no_spread_to_test():
     assert paired_t_test([0.5, 0.6], [0.5, 0.6])["p_value"] == 1.0
+    assert paired_t_test([0.3, 0.1 + 0.2], [0.1, 0.1])["p_value"] == 0.0  # 0.1 + 0.2 != 0.3: float noise, no spread
     result = paired_t_test([0.6, 0.7], [0.5, 0.6])
     assert result["statistic"] == math.inf and result["p_value"] == 0.0
 
