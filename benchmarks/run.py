@@ -32,6 +32,10 @@ A headline needs N >= 5 (the default: 5 with --quick, 7 without); fewer is flagg
   configured epochs cannot fit, each in its own process, report included) (goal <= 1.05);
 - ``multiworker_2_matches_single``: 2 localhost workers (MultiWorkerMirroredStrategy) end with identical
   weights, match one process with the same global batch, and resume from BackupAndRestore.
+- ``multiworker_product_matches_single``: ``triptych run`` itself on 2 localhost workers (TF_CONFIG)
+  vs one process, on a small config (tests/multiworker_run_check.py, which states the tolerances):
+  complete run directories and report, equal predictions on both workers, a frozen-BatchNorm
+  fine-tune matching the single run.
 
 The JSON line's ``resolution`` says what the figures rest on: rounds, sizes and batches per section,
 the CPU's flags (avx512_bf16, amx_*), ONEDNN_MAX_CPU_ISA and the load average. Absolute numbers,
@@ -70,7 +74,7 @@ import timing
 SHARED = Path(os.environ.get("TRIPTYCH_SHARED", HERE.parent.parent / "shared"))
 WIKIART = Path(os.environ.get("TRIPTYCH_MIRROR", SHARED / "datasets")) / "wikiart"
 XCEPTION_WEIGHTS = Path(os.environ.get("TRIPTYCH_WEIGHTS", SHARED / "weights")) / "xception_imagenet_notop.weights.h5"
-SECTIONS = ("multiworker", "resnet", "finetune", "bf16", "precision", "pipeline", "budget")
+SECTIONS = ("multiworker", "multiworker_run", "resnet", "finetune", "bf16", "precision", "pipeline", "budget")
 MIN_HEADLINE_ROUNDS = 5  # fewer alternating rounds: a smoke test, not a headline
 
 
@@ -511,6 +515,18 @@ def multiworker() -> dict:
     return result
 
 
+def multiworker_run() -> dict:
+    sys.path.insert(0, str(HERE.parent / "tests"))  # a test helper, not library code
+    os.environ.setdefault("TRIPTYCH_MIRROR", str(SHARED / "datasets"))  # the workers read CIFAR-10 from there
+    from multiworker_run_check import product_check
+
+    result = product_check(timeout=1200)
+    finetune = result["experiments"]["finetune"]
+    log(f"triptych run on 2 workers vs 1 process: matches: {result['matches']}; fine-tune probabilities differ by "
+        f"{finetune['max_prob_diff_vs_single']:.1e} ({result['seconds']}s, both side by side)")
+    return result
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -555,6 +571,7 @@ def summarize(details: dict, rounds: int) -> dict:
     summary["bf16_native"] = bool(details["machine"]["native_bf16"])
     summary["multiworker_2_matches_single"] = get("multiworker", "matches")
     summary["budget_overrun"] = get("budget", "overrun")
+    summary["multiworker_product_matches_single"] = get("multiworker_run", "matches")
     summary["resnet50_train_img_per_s_224"] = get("resnet", "224x224", "triptych_img_per_s")
     summary["matmul_peak_gflops_fp32"] = get("peak", "float32_gflops")
     summary["resolution"] = {
@@ -593,6 +610,7 @@ def main() -> None:
     # Multi-worker first: its worker processes then have the cores to themselves.
     runners = {
         "multiworker": multiworker,
+        "multiworker_run": multiworker_run,
         "resnet": lambda: resnet_training(args.quick, peak_n, rounds),
         "finetune": lambda: finetune(args.quick, rounds),
         "bf16": lambda: bf16_inference(args.quick, rounds),

@@ -76,6 +76,9 @@ class DataConfig(_Strict):
         "none", description="test-time augmentation: flip averages the probabilities of each test image and its mirror image"
     )
     cache: bool | None = Field(None, description="keep decoded images in RAM; default: when they fit 1 GiB")
+    split_seed: int | None = Field(
+        None, description="seed of the train/val/test split (and subsets); null: the run's seed. Repeats set it"
+    )
     skip_bad: bool = Field(
         False,
         description="image files that cannot be used (unreadable, truncated, not an image, decompression bomb) are "
@@ -202,10 +205,24 @@ class TrainingConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="also the run subdirectory name")
+    # "@s<seed>" ends the name of one repeat's run directory (triptych.repeats); a config's own names may not use "@".
+    name: str = Field(
+        ..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*(@s[0-9]+)?$", description="also the run subdirectory name"
+    )
     model: ModelConfig = Field(ModelConfig(), description="the architecture and its starting weights")
     data: DataConfig = Field(DataConfig(), description="dataset, split, input size, batches")
     training: TrainingConfig = Field(TrainingConfig(), description="optimisation, phases, precision, distribution")
+    repeats: int = Field(
+        1,
+        ge=1,
+        description="train this many times with seeds seed, seed+1, ..., each into its own run directory "
+        "<name>@s<seed>; the report shows mean ± sd per model and a test between models over the repeats",
+    )
+    resplit: bool = Field(
+        False,
+        description="repeats: each seed also draws its own stratified train/val/test split; false: every repeat "
+        "trains and tests on the split of the config's seed (data.split_seed if set)",
+    )
 
 
 class Config(_Strict):
@@ -227,6 +244,9 @@ class Config(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"experiment names must be unique; repeated: {', '.join(duplicates)}")
+        marked = [n for n in names if "@" in n]
+        if marked:
+            raise ValueError(f"experiment names may not contain '@' (it marks a repeat's run directory): {marked[0]}")
         return experiments
 
 

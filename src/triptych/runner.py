@@ -25,7 +25,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -68,6 +68,7 @@ from triptych.preflight import (
     weight_candidates,
 )
 from triptych.provenance import git_sha, package_versions, peak_rss_mb, utc_now
+from triptych.repeats import expand_repeats
 from triptych.reporting import build_report
 from triptych.rundir import (
     STATUS_DONE,
@@ -112,13 +113,21 @@ class RunOptions:
 
 
 def run_config(config: Config, out: str | Path, options: RunOptions = RunOptions(), log: Log = print) -> list[RunDir]:
-    """Run every experiment of ``config`` into ``out/<experiment>/`` and write ``out/report.html``."""
+    """Run every experiment of ``config`` into ``out/<experiment>/`` (a repeated one into
+    ``out/<experiment>@s<seed>/``, see :mod:`triptych.repeats`) and write ``out/report.html``."""
     validate_experiments(config)  # a mistake in any experiment stops the run before the first trains
     if options.threads is not None and options.threads < 1:
         raise InvalidArgumentError(f"threads must be at least 1, got {options.threads}")
     clock = budget_clock(config, options)
     strategies = [exp.training.strategy for exp in config.experiments]
+    if "multiworker" in strategies:
+        # In-process, not a process per experiment: TF_CONFIG fixes each worker's port, and a worker that ends
+        # an experiment first would start the next one's process while another worker's previous process still
+        # serves that port (e.g. drawing Grad-CAM, which needs no collective): the new strategy would then join
+        # a cluster of mixed incarnations, refused or hung. One process keeps one strategy for every experiment.
+        options = replace(options, isolate=False)
     if not options.isolate:
+        set_threads(options.threads)
         init_strategies(strategies)  # before TensorFlow runs anything (the multi-worker strategy needs that)
     out = worker_output_dir(out, strategies)  # multi-worker: the chief writes OUT, worker i OUT.worker-i
     prepare_output_dir(out, resume=options.resume, overwrite=options.overwrite)
@@ -126,9 +135,10 @@ def run_config(config: Config, out: str | Path, options: RunOptions = RunOptions
     kind = options.track or config.tracking
     with tracking.start(config, out, kind=kind if is_chief() else "none") as tracker:
         runs = []
-        for index, exp in enumerate(config.experiments):
-            exp = with_budget_share(exp, out, clock, len(config.experiments) - index)
-            runs.append(_run_one(exp, out, config.seed, options, log))
+        planned = expand_repeats(config)
+        for index, (exp, seed) in enumerate(planned):
+            exp = with_budget_share(exp, out, clock, len(planned) - index)
+            runs.append(_run_one(exp, out, seed, options, log))
             if exp.name not in done_before:
                 tracker.log_experiment(runs[-1].root)
         report = None
@@ -327,7 +337,7 @@ def prepare_data(exp: ExperimentConfig, seed: int, log: Log) -> PreparedData:
     source, note = load_source(exp, log)
     split = partial(
         make_splits,
-        seed=seed,
+        seed=seed if exp.data.split_seed is None else exp.data.split_seed,  # repeats may fix the split
         val_fraction=exp.data.val_fraction,
         test_fraction=exp.data.test_fraction,
         train_per_class=exp.data.train_per_class,

@@ -4,7 +4,8 @@ Each row joins what a run directory holds -- test metrics (``metrics.json``), th
 measured profile (``profile.json``: parameters, multiply-adds, latency, throughput), training
 time and peak memory (the run record, ``manifest.json``) -- with the qualitative model card of the run's
 family (``triptych/models/cards.yaml``). Beside the rows: pairwise McNemar p-values on the
-shared test images, and the seed study's published numbers, labelled as measured on
+shared test images, the repeats of each repeated model (mean ± sd, every run, and a test between
+models over the repeats: :mod:`triptych.reporting.repeats`), and the seed study's published numbers, labelled as measured on
 *different data* so they are never read as comparable with ours.
 
 Every value that a run did not record is ``null``; a run without ``profile.json`` still gets
@@ -24,6 +25,7 @@ from triptych.evaluation.compare import mcnemar_pairwise
 from triptych.io import atomic_write_json
 from triptych.models.profile import load_cards
 from triptych.models.registry import get_spec
+from triptych.reporting.repeats import repeats_summary
 from triptych.reporting.runs import RunView, load_views, read_profile
 from triptych.rundir import RunDir, RunRecord
 
@@ -63,7 +65,7 @@ def comparison_data(views: list[RunView]) -> dict[str, Any]:
     finished = [v for v in views if v.finished]
     cards, cards_problem = _cards()
     rows = [comparison_row(v.run, v.record, v.metrics, label=v.label, cards=cards) for v in finished]
-    return {
+    data = {
         "rows": rows,
         "mcnemar": mcnemar_summary(finished),
         "published": published_reference(cards),
@@ -79,6 +81,10 @@ def comparison_data(views: list[RunView]) -> dict[str, Any]:
             "weights_mb": "size of the weights in memory, MiB",
         },
     }
+    repeats = repeats_summary(finished, ALPHA)
+    if repeats is not None:  # only reports with repeats carry the key: single runs' comparison.json is unchanged
+        data["repeats"] = repeats
+    return data
 
 
 def comparison_row(

@@ -29,6 +29,7 @@ from triptych import __version__, budget
 from triptych.io import atomic_write_text
 import triptych.reporting.format as fmt
 from triptych.reporting.comparison import ALPHA, CARD_FIELDS, mcnemar_summary, write_comparison
+from triptych.reporting.repeats import repeats_view
 from triptych.reporting.plots import (
     RUN_FIGURES,
     plot_roc_comparison,
@@ -443,10 +444,12 @@ def _report_from_per_class(m: dict[str, Any]) -> dict[str, Any]:
 def _comparison(finished: list[RunView], data: dict[str, Any], plots_dir: Path) -> dict[str, Any]:
     """The comparison section from ``comparison.json``'s ``data`` (one row per finished model)."""
     if not finished:
-        return {"rows": [], "mcnemar": None, "figures": [], "qualitative": [], "published": None, "cards_problem": None}
+        return {"rows": [], "mcnemar": None, "figures": [], "qualitative": [], "published": None, "cards_problem": None,
+                "repeats": None}
     return {
         "rows": _comparison_rows(finished, data["rows"]),
         "mcnemar": _mcnemar_view(data["mcnemar"]),
+        "repeats": repeats_view(data.get("repeats")),
         "qualitative": _qualitative_rows(data["rows"]),
         "published": data["published"],
         "cards_problem": data.get("cards_problem"),

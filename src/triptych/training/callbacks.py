@@ -116,7 +116,9 @@ def best_checkpoint_epoch(weights_path: Path) -> int | None:
 
 
 def _plain(value):
+    """A number for history.csv: Python and numpy scalars, tensors, and (under tf.distribute) the
+    optimizer's mirrored learning-rate variable, which float() alone does not convert."""
     try:
-        return round(float(value), 6)
+        return round(float(keras.ops.convert_to_numpy(value)), 6)
     except (TypeError, ValueError):
         return value
