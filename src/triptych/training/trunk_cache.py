@@ -281,5 +281,9 @@ def trunk_dataset(arrays: TrunkArrays, batch_size: int, seed: int | None = None)
         inputs = tuple(tf.cast(p, tf.float32) for p in parts[:-1])
         return (inputs[0] if len(inputs) == 1 else inputs), parts[-1]
 
-    return rows.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    # Under tf.distribute's multi-worker strategy each worker keeps its share of the batches: shard by
+    # data (the default would try to shard by input file, and this dataset reads none).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return rows.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE).with_options(options)
 
