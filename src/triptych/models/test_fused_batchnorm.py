@@ -137,7 +137,14 @@ def test_measurement_child_reports_a_speedup():
     assert measured.get("fused_speedup", 0) > 0, measured
 
 
-def test_model_trained_with_fused_bn_loads_in_plain_keras_without_triptych(tmp_path):
+def test_model_trained_with_fused_bn_loads_in_plain_keras_without_triptych(tmp_path, monkeypatch):
+    fusable, fused_calls = BatchNormalization._fusable, []
+
+    def spy(self, inputs, mask):
+        fused_calls.append(fusable(self, inputs, mask))
+        return fused_calls[-1]
+
+    monkeypatch.setattr(BatchNormalization, "_fusable", spy)
     folder = write_image_folder(tmp_path / "images", ["a", "b", "c"], 8, size=16)
     raw = {"experiments": [{
         "name": "fused",
@@ -147,6 +154,7 @@ def test_model_trained_with_fused_bn_loads_in_plain_keras_without_triptych(tmp_p
         "training": {"epochs": 1, "learning_rate": 0.01},
     }]}
     run = run_experiment(parse_config(raw).experiments[0], tmp_path / "out", seed=0, log=lambda _: None)
+    assert any(fused_calls)  # training went through the fused kernel
     predictions = pd.read_csv(run.predictions)
     from triptych.data.images import decode_image
     from triptych.data.preprocessing import get_preprocessor
@@ -158,7 +166,7 @@ def test_model_trained_with_fused_bn_loads_in_plain_keras_without_triptych(tmp_p
         sys.path.append({sysconfig.get_paths()["purelib"]!r})  # no .pth files: triptych's editable install stays out
         assert importlib.util.find_spec("triptych") is None, "triptych is importable"
         import keras, numpy as np
-        model = keras.saving.load_model({str(run.dir / "model.keras")!r}, safe_mode=True)
+        model = keras.saving.load_model({str(run.model)!r}, safe_mode=True)
         np.save({str(tmp_path / "y.npy")!r}, model.predict(np.load({str(tmp_path / "x.npy")!r}), verbose=0))
     """)
     child = subprocess.run([sys.executable, "-I", "-S", "-c", script], cwd=tmp_path, capture_output=True, text=True,
