@@ -57,6 +57,7 @@ from triptych.io import (
 from triptych.isolation import run_experiment_in_child
 from triptych.models import ModelSpec, build, get_spec, weights_origin
 from triptych.models.forward import forward_function
+from triptych.models.fused_batchnorm import standard_layers_copy
 from triptych.models.profile import profile_keras_model
 from triptych.preflight import (
     ONE_NETWORK_FAMILIES,
@@ -573,7 +574,7 @@ def predict_probabilities(model: keras.Model, dataset, strategy: str) -> np.ndar
 def save_for_inference(model: keras.Model, path: Path) -> None:
     """Save the model without its optimizer, so that ``model.keras`` loads with plain Keras
     (safe mode, no triptych import needed) wherever it is shipped."""
-    inference = keras.Model(model.inputs, model.outputs, name=model.name)
+    inference = standard_layers_copy(keras.Model(model.inputs, model.outputs, name=model.name))
     atomic_write_with(path, lambda tmp: inference.save(str(tmp)))
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-RESNET_OPTIONS = ("stem", "dropout", "zero_init_residual", "keras_compat")
+RESNET_OPTIONS = ("stem", "dropout", "zero_init_residual", "keras_compat", "fused_bn")
 HEAD_OPTIONS = ("dropout", "l2")
 
 

@@ -6,6 +6,9 @@ blocks, the stride-2 downsampling on the 3x3 conv rather than on the first 1x1 c
 ``keras_compat=True`` reproduces ``keras.applications.ResNet50`` exactly instead (conv
 biases, stride on the first 1x1 conv, BN epsilon 1.001e-5), so that its weights can be
 copied over one for one -- our proof that this is the real ResNet-50.
+``fused_bn=True`` builds the BatchNorm layers as :class:`triptych.models.fused_batchnorm.BatchNormalization`
+(TensorFlow's fused kernel in training; same weights and config); the registry's option
+``fused_bn`` defaults to ``auto``: fused where it is measured faster on this machine.
 
 Layer names follow the stages as users count them: ``stem_conv``, ``stage2_block3_conv2``,
 ``stage2_block1_shortcut_conv``, ... Stage 1 keeps the stem's resolution, stages 2-4
@@ -21,6 +24,7 @@ import keras
 from keras import layers
 
 from triptych.models.catalog import ModelSpec
+from triptych.models.fused_batchnorm import AUTO, batch_normalization_layer, resolve_fused_bn
 from triptych.models.weights import imagenet_backbone, load_weights_file
 
 STAGE_FILTERS = (64, 128, 256, 512)
@@ -46,6 +50,7 @@ class _Style:
     bn_epsilon: float
     bn_momentum: float
     zero_init_residual: bool
+    fused_bn: bool
 
 
 def ResNet(
@@ -57,6 +62,7 @@ def ResNet(
     dropout: float = 0.0,
     zero_init_residual: bool = False,
     keras_compat: bool = False,
+    fused_bn: bool = False,
     include_top: bool = True,
     name: str | None = None,
 ) -> keras.Model:
@@ -72,6 +78,7 @@ def ResNet(
         zero_init_residual: start the last BN of every block with gamma = 0, so each
             residual block begins as the identity (Goyal et al., 2017).
         keras_compat: match ``keras.applications.ResNet50`` layer for layer (resnet50 only).
+        fused_bn: BatchNorm through TensorFlow's fused kernel in training (same weights).
         include_top: add global average pooling and the dense softmax classifier.
     """
     if depth not in DEPTHS:
@@ -89,6 +96,7 @@ def ResNet(
         # leaves validation on near-initial statistics for the first few hundred steps.
         bn_momentum=0.99 if keras_compat else 0.9,
         zero_init_residual=zero_init_residual,
+        fused_bn=fused_bn,
     )
 
     inputs = keras.Input(shape=input_shape, name="image")
@@ -114,7 +122,9 @@ def build_resnet(
     spec: ModelSpec, num_classes: int, input_shape: tuple[int, int, int], weights: str | None, **options
 ) -> keras.Model:
     """The registry's builder: ``weights`` ``None`` (random), ``"imagenet"`` (resnet50: a copy of
-    keras.applications.ResNet50's weights, see :func:`_imagenet_resnet50`) or a weights file."""
+    keras.applications.ResNet50's weights, see :func:`_imagenet_resnet50`) or a weights file.
+    ``fused_bn``: ``auto`` (default; see :func:`resolve_fused_bn`), ``True`` or ``False``."""
+    options = {**options, "fused_bn": resolve_fused_bn(options.get("fused_bn", AUTO)).fused}
     if weights == "imagenet":
         return _imagenet_resnet50(spec, num_classes, input_shape, **options)
     model = ResNet(spec.name, num_classes, input_shape, **options)
@@ -160,7 +170,7 @@ def _conv(x, filters: int, kernel: int, stride: int, name: str, style: _Style):
 
 
 def _bn(x, name: str, style: _Style, zero_gamma: bool = False):
-    return layers.BatchNormalization(
+    return batch_normalization_layer(style.fused_bn)(
         axis=-1,
         epsilon=style.bn_epsilon,
         momentum=style.bn_momentum,

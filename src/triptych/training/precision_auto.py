@@ -195,16 +195,23 @@ def measure_in_child(timeout: float = MEASURE_TIMEOUT_S, probe: dict | None = No
     (TensorFlow 2.21 on a CPU with AVX512-BF16) a bf16 convolution raises and a bf16 matmul
     kills the process with SIGSEGV. The child also keeps the probe's layers, names and memory
     out of the experiment's process. ``{"bf16_error": ...}`` when bf16 did not run."""
-    source = str(Path(triptych.__file__).resolve().parents[1])  # the child imports this very triptych
+    result, error = run_measurement("triptych.training.precision_auto", probe or {}, timeout)
+    return {"bf16_error": error} if error else result
+
+
+def run_measurement(module: str, arguments: dict, timeout: float) -> tuple[dict, str | None]:
+    """``python -m module '<arguments as JSON>'`` in a child process that imports this very
+    triptych: ``(its last stdout line as JSON, None)``, or ``({}, why it failed)``."""
+    source = str(Path(triptych.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)}
-    command = [sys.executable, "-m", "triptych.training.precision_auto", json.dumps(probe or {})]
+    command = [sys.executable, "-m", module, json.dumps(arguments)]
     try:
         child = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        return {"bf16_error": f"the measurement did not finish within {timeout:.0f} s"}
+        return {}, f"the measurement did not finish within {timeout:.0f} s"
     if child.returncode == 0:
-        return json.loads(child.stdout.strip().splitlines()[-1])
-    return {"bf16_error": _child_failure(child.returncode, child.stderr)}
+        return json.loads(child.stdout.strip().splitlines()[-1]), None
+    return {}, _child_failure(child.returncode, child.stderr)
 
 
 def _child_failure(returncode: int, stderr: str) -> str:
@@ -227,7 +234,7 @@ def measure_bf16_speedup(rounds: int = 7, batch: int = 16, image_size: int = 64,
     steps = {}
     for precision in ("fp32", "bf16"):
         with precision_scope(precision):
-            steps[precision] = _training_step(_probe_net(image_size, width), images, labels)
+            steps[precision] = training_step(_probe_net(image_size, width), images, labels)
     for step in steps.values():
         step()
     seconds: dict[str, list[float]] = {name: [] for name in steps}
@@ -264,7 +271,7 @@ def _probe_net(image_size: int, width: int) -> keras.Model:
     return keras.Model(inputs, outputs, name="precision_probe")
 
 
-def _training_step(model: keras.Model, images: tf.Tensor, labels: tf.Tensor) -> Callable[[], float]:
+def training_step(model: keras.Model, images: tf.Tensor, labels: tf.Tensor) -> Callable[[], float]:
     """Forward, float32 loss (as the trainer's), backward and a plain SGD update."""
 
     @tf.function
@@ -288,7 +295,7 @@ def memo_path(cache: str | os.PathLike | None = None) -> Path:
 
 
 def _recalled(memo: Path, machine: Machine) -> PrecisionChoice | None:
-    entry = _read(memo).get(machine.key())
+    entry = recall_all(memo).get(machine.key())
     if not isinstance(entry, dict) or entry.get("precision") not in PRECISIONS:
         return None  # never measured here, or a damaged entry: measured again
     reason = f"{entry.get('reason')}; measured {entry.get('measured_at')}, remembered in {memo}"
@@ -300,21 +307,26 @@ def _decided(memo: Path, machine: Machine, measure: Callable[[], dict]) -> Preci
     precision, reason = decide(machine, measured.get("bf16_speedup"), measured.get("bf16_error"))
     entry = {"precision": precision, "reason": reason, "measured": measured, "machine": asdict(machine),
              "measured_at": dt.datetime.now().isoformat(timespec="seconds")}
-    machines = _read(memo)
-    machines[machine.key()] = entry
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(memo, json.dumps({"version": _VERSION, "machines": machines}, indent=1) + "\n")
-    except OSError:
-        pass  # a read-only cache folder: the next process measures again, nothing else breaks
+    remember(memo, machine.key(), entry)
     return PrecisionChoice(precision, AUTO, f"{reason}; measured now, remembered in {memo}", measured)
 
 
-def _read(memo: Path) -> dict:
+def remember(memo: Path, key: str, entry: dict, version: str = _VERSION) -> None:
+    """Store ``entry`` under the machine ``key`` in the JSON memo ``memo`` (best effort)."""
+    machines = recall_all(memo, version)
+    machines[key] = entry
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(memo, json.dumps({"version": version, "machines": machines}, indent=1) + "\n")
+    except OSError:
+        pass  # a read-only cache folder: the next process measures again, nothing else breaks
+
+
+def recall_all(memo: Path, version: str = _VERSION) -> dict:
     """The memo's ``{machine key: entry}``; empty when missing, damaged or of another version."""
     try:
         data = json.loads(memo.read_text(encoding="utf-8"))
-        machines = data["machines"] if data.get("version") == _VERSION else {}
+        machines = data["machines"] if data.get("version") == version else {}
         return dict(machines) if isinstance(machines, dict) else {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
