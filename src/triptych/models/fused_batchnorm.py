@@ -25,7 +25,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ import tensorflow as tf
 from triptych.cache import cache_dir
 from triptych.errors import InvalidArgumentError
 from triptych.training.precision_auto import (
+    alternating_seconds,
     Machine,
     recall_all,
     remember,
@@ -182,14 +182,7 @@ def measure_fused_speedup(rounds: int = 7, batch: int = 16, image_size: int = 64
     labels = tf.one_hot(rng.integers(0, 10, batch), 10)
     steps = {name: training_step(_probe_net(image_size, width, fused), images, labels)
              for name, fused in (("keras", False), ("fused", True))}
-    seconds: dict[str, list[float]] = {name: [] for name in steps}
-    for step in steps.values():
-        step()
-    for index in range(rounds):
-        for name in list(steps) if index % 2 == 0 else list(steps)[::-1]:
-            started = time.perf_counter()
-            steps[name]()
-            seconds[name].append(time.perf_counter() - started)
+    seconds = alternating_seconds(steps, rounds)
     return {
         "fused_speedup": round(statistics.median(seconds["keras"]) / statistics.median(seconds["fused"]), 3),
         "seconds": {name: [round(s, 4) for s in values] for name, values in seconds.items()},

@@ -223,6 +223,20 @@ def _child_failure(returncode: int, stderr: str) -> str:
     return f"the measurement failed: {last.split('. Run workload')[0][:300]}"  # oneDNN's hint is noise here
 
 
+def alternating_seconds(steps: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Each step's wall time per round, after one untimed warm-up call each, in alternating order
+    (A B, B A, ...) so that a busy machine slows every side alike."""
+    for step in steps.values():
+        step()
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for index in range(rounds):
+        for name in list(steps) if index % 2 == 0 else list(steps)[::-1]:
+            started = time.perf_counter()
+            steps[name]()
+            seconds[name].append(time.perf_counter() - started)
+    return seconds
+
+
 def measure_bf16_speedup(rounds: int = 7, batch: int = 16, image_size: int = 64, width: int = 64) -> dict:
     """fp32's median training-step time / bf16's (``bf16_speedup``), on a small ResNet-like net:
     one warm-up step each, then ``rounds`` alternating rounds (fp32 bf16, bf16 fp32, ...), so
@@ -235,14 +249,7 @@ def measure_bf16_speedup(rounds: int = 7, batch: int = 16, image_size: int = 64,
     for precision in ("fp32", "bf16"):
         with precision_scope(precision):
             steps[precision] = training_step(_probe_net(image_size, width), images, labels)
-    for step in steps.values():
-        step()
-    seconds: dict[str, list[float]] = {name: [] for name in steps}
-    for index in range(rounds):
-        for name in list(steps) if index % 2 == 0 else list(steps)[::-1]:
-            started = time.perf_counter()
-            steps[name]()
-            seconds[name].append(time.perf_counter() - started)
+    seconds = alternating_seconds(steps, rounds)
     return {
         "bf16_speedup": round(statistics.median(seconds["fp32"]) / statistics.median(seconds["bf16"]), 3),
         "seconds": {name: [round(s, 4) for s in values] for name, values in seconds.items()},
