@@ -51,8 +51,8 @@ def random_data(num_train=20, num_val=6, batch=8) -> PhaseData:
         y = keras.utils.to_categorical(np.arange(n) % 3, 3).astype(np.float32)
         return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
 
-    return PhaseData(make=make, num_train=num_train, batch_size=batch, fingerprint="f", preprocessing="torch",
-                     augment="none", image_size=32, seed=0)
+    return PhaseData(make=make, num_train=num_train, num_val=num_val, batch_size=batch, fingerprint="f",
+                     preprocessing="torch", augment="none", image_size=32, seed=0)
 
 
 def test_the_warm_up_leaves_weights_and_frozen_layers_as_they_were():
