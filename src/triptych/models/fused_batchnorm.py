@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ from triptych.cache import cache_dir
 from triptych.errors import InvalidArgumentError
 from triptych.training.precision_auto import (
     alternating_seconds,
+    probe_result,
     Machine,
     recall_all,
     remember,
@@ -182,14 +182,10 @@ def measure_fused_speedup(rounds: int = 7, batch: int = 16, image_size: int = 64
     labels = tf.one_hot(rng.integers(0, 10, batch), 10)
     steps = {name: training_step(_probe_net(image_size, width, fused), images, labels)
              for name, fused in (("keras", False), ("fused", True))}
-    seconds = alternating_seconds(steps, rounds)
-    return {
-        "fused_speedup": round(statistics.median(seconds["keras"]) / statistics.median(seconds["fused"]), 3),
-        "seconds": {name: [round(s, 4) for s in values] for name, values in seconds.items()},
-        "probe": f"fp32 training step, conv-BN net, {image_size}px batch {batch} width {width}, "
-        f"median of {rounds} alternating rounds",
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-    }
+    return probe_result(
+        "fused_speedup", "keras", "fused", alternating_seconds(steps, rounds),
+        f"fp32 training step, conv-BN net, {image_size}px batch {batch} width {width}",
+    )
 
 
 def _probe_net(image_size: int, width: int, fused: bool) -> keras.Model:

@@ -237,6 +237,18 @@ def alternating_seconds(steps: dict[str, Callable[[], object]], rounds: int) -> 
     return seconds
 
 
+def probe_result(key: str, baseline: str, candidate: str, seconds: dict[str, list[float]], probe: str) -> dict:
+    """An auto probe's answer: ``key`` = baseline's median step time / candidate's, every sample, the
+    probe's description and the load it ran under."""
+    rounds = len(seconds[baseline])
+    return {
+        key: round(statistics.median(seconds[baseline]) / statistics.median(seconds[candidate]), 3),
+        "seconds": {name: [round(s, 4) for s in values] for name, values in seconds.items()},
+        "probe": f"{probe}, median of {rounds} alternating rounds",
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
 def measure_bf16_speedup(rounds: int = 7, batch: int = 16, image_size: int = 64, width: int = 64) -> dict:
     """fp32's median training-step time / bf16's (``bf16_speedup``), on a small ResNet-like net:
     one warm-up step each, then ``rounds`` alternating rounds (fp32 bf16, bf16 fp32, ...), so
@@ -249,14 +261,10 @@ def measure_bf16_speedup(rounds: int = 7, batch: int = 16, image_size: int = 64,
     for precision in ("fp32", "bf16"):
         with precision_scope(precision):
             steps[precision] = training_step(_probe_net(image_size, width), images, labels)
-    seconds = alternating_seconds(steps, rounds)
-    return {
-        "bf16_speedup": round(statistics.median(seconds["fp32"]) / statistics.median(seconds["bf16"]), 3),
-        "seconds": {name: [round(s, 4) for s in values] for name, values in seconds.items()},
-        "probe": f"training step, ResNet-like net, {image_size}px batch {batch} width {width}, "
-        f"median of {rounds} alternating rounds",
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-    }
+    return probe_result(
+        "bf16_speedup", "fp32", "bf16", alternating_seconds(steps, rounds),
+        f"training step, ResNet-like net, {image_size}px batch {batch} width {width}",
+    )
 
 
 def _probe_net(image_size: int, width: int) -> keras.Model:
