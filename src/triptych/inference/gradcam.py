@@ -63,7 +63,9 @@ class GradCamModel:
             features, penultimate, probs = self.model(x, training=False)
             if self.logits_from is not None:
                 dense = self.logits_from
-                scores = tf.matmul(penultimate, dense.kernel)
+                # In float32: a bf16 model's activations times the float32 kernel would take TensorFlow's
+                # deprecated mixed-dtype sparse_matmul path (and its warning in the user's log).
+                scores = tf.matmul(tf.cast(penultimate, dense.kernel.dtype), dense.kernel)
                 if dense.bias is not None:
                     scores = scores + dense.bias
             else:

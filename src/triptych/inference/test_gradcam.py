@@ -85,6 +85,24 @@ def test_resnet_target_is_the_last_stage4_block():
     assert cams.min() >= 0 and cams.max() <= 1
 
 
+def test_bf16_model_scores_in_float32_without_the_deprecated_sparse_matmul(monkeypatch):
+    """A mixed_bfloat16 model's bf16 activations times its float32 kernel would take TensorFlow's
+    deprecated mixed-dtype ``sparse_matmul`` (a deprecation warning in the user's log)."""
+    from tensorflow.python.ops import math_ops
+
+    from triptych.training.precision import precision_scope
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Grad-CAM took the mixed-dtype sparse_matmul path")
+
+    monkeypatch.setattr(math_ops, "sparse_matmul", refuse)
+    with precision_scope("bf16"):
+        model = build("resnet18", 3, (32, 32, 3), stem="cifar")
+    cams, probs = build_gradcam_model(model)(np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32))
+    assert cams.shape == (2, 4, 4) and np.isfinite(cams).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-2)
+
+
 @pytest.mark.parametrize("arch, size, feature_size", [("densenet121", 64, 2), ("xception", 71, 3)])
 def test_nested_backbones_are_explained_through_base(arch, size, feature_size):
     model = build(arch, 3, (size, size, 3))  # weights=None: no download
