@@ -56,9 +56,25 @@ class GradCamModel:
     layer: str  # human-readable name of the explained layer, e.g. "base" or "stage4_block2_out"
     logits_from: Any | None  # the final Dense layer when its softmax can be undone for logits
 
+    def __post_init__(self):
+        # One traced function for every batch size: called eagerly, layers that Keras runs as their own
+        # tf.function (grouped convolutions, e.g. ConvNeXt's) would be traced again on every call, and
+        # TensorFlow's retracing warnings would reach the user's log.
+        self._traced = tf.function(self._feature_maps_and_gradients, reduce_retracing=True)
+
     def __call__(self, batch: np.ndarray, class_indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Heat maps (n, h, w) in [0, 1] at feature-map resolution, and the probabilities (n, k)."""
         x = tf.convert_to_tensor(batch, dtype=tf.float32)
+        # -1: the predicted class (one signature for both cases, so no second trace).
+        chosen = np.full(len(batch), -1) if class_indices is None else np.asarray(class_indices)
+        features, grads, probs = self._traced(x, tf.convert_to_tensor(chosen, dtype=tf.int32))
+        weights = tf.reduce_mean(grads, axis=(1, 2))  # (n, channels)
+        cams = tf.nn.relu(tf.einsum("nhwc,nc->nhw", features, weights)).numpy()
+        peak = cams.reshape(len(cams), -1).max(axis=1)
+        cams = np.where(peak[:, None, None] > 0, cams / np.maximum(peak, 1e-12)[:, None, None], 0.0)
+        return cams.astype(np.float32), np.asarray(probs, dtype=np.float32)
+
+    def _feature_maps_and_gradients(self, x, class_indices):
         with tf.GradientTape() as tape:
             features, penultimate, probs = self.model(x, training=False)
             if self.logits_from is not None:
@@ -70,19 +86,12 @@ class GradCamModel:
                     scores = scores + dense.bias
             else:
                 scores = probs
-            chosen = (
-                tf.argmax(probs, axis=-1, output_type=tf.int32)
-                if class_indices is None
-                else tf.convert_to_tensor(class_indices, dtype=tf.int32)
-            )
+            predicted = tf.argmax(probs, axis=-1, output_type=tf.int32)
+            chosen = tf.where(class_indices >= 0, class_indices, predicted)
             # Samples are independent (inference mode), so one gradient of the sum gives each its own.
             score = tf.reduce_sum(tf.gather(scores, chosen, batch_dims=1))
         grads = tape.gradient(score, features)
-        weights = tf.reduce_mean(grads, axis=(1, 2))  # (n, channels)
-        cams = tf.nn.relu(tf.einsum("nhwc,nc->nhw", features, weights)).numpy()
-        peak = cams.reshape(len(cams), -1).max(axis=1)
-        cams = np.where(peak[:, None, None] > 0, cams / np.maximum(peak, 1e-12)[:, None, None], 0.0)
-        return cams.astype(np.float32), np.asarray(probs, dtype=np.float32)
+        return tf.cast(features, tf.float32), tf.cast(grads, tf.float32), tf.cast(probs, tf.float32)
 
 
 def find_target_layer(model) -> str:

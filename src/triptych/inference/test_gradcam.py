@@ -85,6 +85,31 @@ def test_resnet_target_is_the_last_stage4_block():
     assert cams.min() >= 0 and cams.max() <= 1
 
 
+def test_calls_of_any_batch_size_cause_no_retracing_warning():
+    """Keras runs a grouped convolution (ConvNeXt's) as its own tf.function: called eagerly, every
+    Grad-CAM call traced it again and TensorFlow's "triggered tf.function retracing" warning reached the log."""
+    import logging
+
+    import tensorflow as tf
+
+    inputs = keras.Input((16, 16, 4))
+    x = layers.Conv2D(8, 3, padding="same", groups=2, name="grouped")(inputs)
+    x = layers.GlobalAveragePooling2D()(layers.Activation("relu")(x))
+    model = keras.Model(inputs, layers.Dense(3, activation="softmax")(x))
+    gradcam = build_gradcam_model(model, "grouped")
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    tf.get_logger().addHandler(handler)
+    try:
+        for batch in (1, 2, 3, 4, 5, 6, 7, 2):
+            cams, probs = gradcam(np.random.default_rng(batch).normal(size=(batch, 16, 16, 4)).astype(np.float32))
+            assert cams.shape == (batch, 16, 16) and probs.shape == (batch, 3)
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert not [m for m in messages if "retracing" in m], messages
+
+
 def test_bf16_model_scores_in_float32_without_the_deprecated_sparse_matmul(monkeypatch):
     """A mixed_bfloat16 model's bf16 activations times its float32 kernel would take TensorFlow's
     deprecated mixed-dtype ``sparse_matmul`` (a deprecation warning in the user's log)."""
