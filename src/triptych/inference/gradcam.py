@@ -57,10 +57,11 @@ class GradCamModel:
     logits_from: Any | None  # the final Dense layer when its softmax can be undone for logits
 
     def __post_init__(self):
-        # One traced function for every batch size: called eagerly, layers that Keras runs as their own
-        # tf.function (grouped convolutions, e.g. ConvNeXt's) would be traced again on every call, and
-        # TensorFlow's retracing warnings would reach the user's log.
-        self._traced = tf.function(self._feature_maps_and_gradients, reduce_retracing=True)
+        # One trace for every batch size (the signature leaves the batch open): called eagerly, layers
+        # that Keras runs as their own tf.function (grouped convolutions, e.g. ConvNeXt's) were traced
+        # again on every call, and TensorFlow's retracing warnings reached the user's log.
+        signature = [tf.TensorSpec(self.model.inputs[0].shape, tf.float32), tf.TensorSpec([None], tf.int32)]
+        self._traced = tf.function(self._feature_maps_and_gradients, input_signature=signature)
 
     def __call__(self, batch: np.ndarray, class_indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Heat maps (n, h, w) in [0, 1] at feature-map resolution, and the probabilities (n, k)."""

@@ -85,7 +85,7 @@ def test_resnet_target_is_the_last_stage4_block():
     assert cams.min() >= 0 and cams.max() <= 1
 
 
-def test_calls_of_any_batch_size_cause_no_retracing_warning():
+def test_calls_of_any_batch_size_trace_once_and_cause_no_retracing_warning():
     """Keras runs a grouped convolution (ConvNeXt's) as its own tf.function: called eagerly, every
     Grad-CAM call traced it again and TensorFlow's "triggered tf.function retracing" warning reached the log."""
     import logging
@@ -107,7 +107,10 @@ def test_calls_of_any_batch_size_cause_no_retracing_warning():
             assert cams.shape == (batch, 16, 16) and probs.shape == (batch, 3)
     finally:
         tf.get_logger().removeHandler(handler)
-    assert not [m for m in messages if "retracing" in m], messages
+    assert gradcam._traced.experimental_get_tracing_count() == 1  # one trace for every batch size
+    # TensorFlow counts traces per function's code, across instances: earlier tests' GradCamModels
+    # may add up to a warning about ours, never about Keras's grouped convolution any more.
+    assert not [m for m in messages if "retracing" in m and "_conv_xla" in m], messages
 
 
 def test_bf16_model_scores_in_float32_without_the_deprecated_sparse_matmul(monkeypatch):
