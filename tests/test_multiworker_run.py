@@ -43,7 +43,8 @@ def test_two_workers_run_a_config_like_one_process(tmp_path):
     """A from-scratch ResNet-18 and a two-phase MobileNet fine-tune on 2 workers vs one process.
 
     The chief's run directories are complete and its report written; both workers predict the same;
-    the fine-tune (BatchNorm frozen) matches the single run to PROB_ATOL / METRIC_ATOL; the
+    the fine-tune (BatchNorm frozen; a global batch of 7, split 4 + 3) matches the single run to
+    PROB_ATOL / METRIC_ATOL; the
     from-scratch ResNet, whose workers normalise with their own half-batch statistics, is
     checked for the same test images only.
     """
