@@ -14,7 +14,7 @@ each replica normalises with its own batch statistics; :class:`SyncBatchNormStat
 averages the moving statistics over the replicas before validation and checkpoints; set
 per-replica batches of 32 or more). Under ``multiworker`` every worker runs the same
 program; the chief (worker 0) writes the run directory, the others write theirs next to it
-(``OUT.worker-<i>``), which also keeps their BackupAndRestore state apart.
+(``OUT.worker-<i>``), which also keeps their epoch backups apart (:mod:`triptych.training.backup`).
 
 Keras 3's ``model.fit`` needs a small patch to run under MultiWorkerMirroredStrategy
 (keras-team/keras#20585): :mod:`triptych.training.keras_multiworker_shim`, applied here.

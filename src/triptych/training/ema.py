@@ -28,7 +28,7 @@ class RawWeightsBack(keras.callbacks.Callback):
 
 def ema_callbacks(enabled: bool) -> tuple[list[keras.callbacks.Callback], list[keras.callbacks.Callback]]:
     """``(before_checkpoint, before_backup)``: callbacks to place before the best-checkpoint
-    callback and just before ``BackupAndRestore``; empty lists when the average is off."""
+    callback and just before the epoch backup; empty lists when the average is off."""
     if not enabled:
         return [], []
     swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)

@@ -8,7 +8,7 @@
   early stopping; on cached activations of the frozen trunk below them when possible, see
   :mod:`triptych.training.trunk_cache`). Phase 2 starts from the best phase-1 weights.
 
-Each phase has its own BackupAndRestore directory. The runner runs the phases of
+Each phase has its own backup directory. The runner runs the phases of
 :func:`plan_phases` one by one with :func:`run_phase` and records each finished one, so a
 killed run resumes in the right phase with no epoch lost or repeated. Nothing here writes
 the run record.

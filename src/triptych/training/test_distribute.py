@@ -28,6 +28,8 @@ def test_keras_multiworker_shim_still_matches_keras():
     original_reduce = keras_multiworker_shim._original("reduce_per_replica", trainer)
     assert inspect.signature(original_build) == inspect.signature(keras_multiworker_shim._maybe_symbolic_build)
     assert inspect.signature(original_reduce) == inspect.signature(keras_multiworker_shim.reduce_per_replica)
+    original_loss = keras_multiworker_shim._original("compute_loss", trainer.TensorFlowTrainer)
+    assert inspect.signature(original_loss) == inspect.signature(keras_multiworker_shim.compute_loss)
     assert callable(trainer._collective_all_reduce_multi_worker)
 
 

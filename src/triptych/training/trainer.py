@@ -1,5 +1,5 @@
 """Compile and fit a model: optimizer, LR schedule, loss, and the callbacks that make a run
-resumable (BackupAndRestore), inspectable (history.csv) and selectable (best checkpoint)."""
+resumable (EpochBackup), inspectable (history.csv) and selectable (best checkpoint)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
 from triptych.config import TrainingConfig
+from triptych.training.backup import EpochBackup
 from triptych.training.callbacks import BestCheckpoint, HistoryWriter
 from triptych.training.distribute import sync_batchnorm_callbacks
 from triptych.training.ema import ema_callbacks
@@ -100,9 +101,7 @@ def fit(
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(files.tensorboard_dir)))
     callbacks.extend(ema_out)  # the backup holds the raw weights, with their average in the optimizer
     # Last, so that a kill between callbacks re-runs (and rewrites) an epoch rather than skipping it.
-    callbacks.append(keras.callbacks.BackupAndRestore(
-            str(files.backup_dir), double_checkpoint=True, delete_checkpoint=False  # the runner deletes it once done
-        ))
+    callbacks.append(EpochBackup(files.backup_dir))  # the same epoch restored on every worker
     model.fit(
         without_autotune_wait(train_ds),
         validation_data=without_autotune_wait(val_ds),
