@@ -57,7 +57,8 @@ from triptych.io import (
 from triptych.isolation import run_experiment_in_child
 from triptych.models import ModelSpec, build, get_spec, weights_origin
 from triptych.models.forward import forward_function
-from triptych.models.fused_batchnorm import standard_layers_copy
+from triptych.models.fused_batchnorm import AUTO as FUSED_AUTO
+from triptych.models.fused_batchnorm import resolve_fused_bn, standard_layers_copy
 from triptych.models.profile import profile_keras_model
 from triptych.preflight import (
     ONE_NETWORK_FAMILIES,
@@ -89,8 +90,17 @@ from triptych.rundir import (
 )
 from triptych.training.budget_plan import plan_epochs, with_chosen_epochs
 from triptych.training.callbacks import best_checkpoint_epoch, load_model_weights, read_history_rows
-from triptych.training.distribute import init_strategies, is_chief, set_threads, training_scope, worker_output_dir
+from triptych.training.distribute import (
+    chief_values,
+    get_strategy,
+    init_strategies,
+    is_chief,
+    set_threads,
+    training_scope,
+    worker_output_dir,
+)
 from triptych.training.phases import PhaseData, plan_phases, run_phase
+from triptych.training.precision import PRECISIONS
 from triptych.training.precision_auto import resolve_precision
 from triptych.training.trainer import balanced_class_weights
 
@@ -212,6 +222,7 @@ def run_experiment(
     run.write_record(record)
     try:
         exp, record.precision = resolved_precision(exp, record.precision)
+        exp, record.precision = agreed_auto_choices(exp, record.precision)
         run.write_record(record)
         log(f"[{exp.name}] precision {record.precision.precision}: {record.precision.reason}")
         with training_scope(exp.training):  # tf.distribute strategy and mixed-precision policy
@@ -235,6 +246,27 @@ def resolved_precision(exp: ExperimentConfig, recorded: PrecisionInfo | None) ->
         recorded = PrecisionInfo(**resolve_precision(exp.training.precision).record())
     training = exp.training.model_copy(update={"precision": recorded.precision})
     return exp.model_copy(update={"training": training}), recorded
+
+
+def agreed_auto_choices(exp: ExperimentConfig, precision: PrecisionInfo) -> tuple[ExperimentConfig, PrecisionInfo]:
+    """Under ``strategy: multiworker``, the chief's ``auto`` choices (precision, fused BatchNorm) on
+    every worker. Each process measures its own machine, and two workers of one cluster measured
+    differently (bf16 1.25x on one, 1.09x on the other): mixed choices mix precisions in the shared
+    gradients, or build different graphs whose collectives no longer match."""
+    if exp.training.strategy != "multiworker":
+        return exp, precision
+    names = list(PRECISIONS)
+    fusable = "fused_bn" in get_spec(exp.model.name).options
+    fused = resolve_fused_bn(exp.model.options.get("fused_bn", FUSED_AUTO)).fused if fusable else False
+    chief_precision, chief_fused = chief_values(get_strategy("multiworker"), [names.index(precision.precision), int(fused)])
+    if names[chief_precision] != precision.precision:
+        reason = f"the chief's choice (this worker measured {precision.precision}: {precision.reason})"
+        precision = precision.model_copy(update={"precision": names[chief_precision], "reason": reason})
+        exp = exp.model_copy(update={"training": exp.training.model_copy(update={"precision": precision.precision})})
+    if fusable:
+        options = {**exp.model.options, "fused_bn": bool(chief_fused)}
+        exp = exp.model_copy(update={"model": exp.model.model_copy(update={"options": options})})
+    return exp, precision
 
 
 def write_config(run: RunDir, exp: ExperimentConfig, resume: bool) -> None:
