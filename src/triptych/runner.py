@@ -109,7 +109,7 @@ class RunOptions:
     threads: int | None = None  # TensorFlow intra-op threads in each experiment; None: TensorFlow's choice
     track: str | None = None  # overrides config.tracking ("none" | "mlflow")
     # Wall time for the whole config ('10m', seconds): shared out over the experiments as they run,
-    # each one's share becoming its training.time_budget. None: each experiment's own time_budget.
+    # each one's share becoming its training.time_budget. None: config.time_budget, if any.
     budget: str | float | None = None
 
 
@@ -138,7 +138,7 @@ def run_config(config: Config, out: str | Path, options: RunOptions = RunOptions
         runs = []
         planned = expand_repeats(config)
         for index, (exp, seed) in enumerate(planned):
-            exp = with_budget_share(exp, out, clock, len(planned) - index)
+            exp = with_budget_share(exp, out, clock, [e for e, _ in planned[index:]])
             runs.append(_run_one(exp, out, seed, options, log))
             if exp.name not in done_before:
                 tracker.log_experiment(runs[-1].root)
@@ -156,7 +156,8 @@ REPORT_RESERVE_S, REPORT_RESERVE_PER_EXPERIMENT_S = 3.0, 2.0
 
 
 def budget_clock(config: Config, options: RunOptions) -> BudgetClock | None:
-    """The config's budget (``options.budget``), checked, with the report's reserve; None without one."""
+    """The config's budget (``options.budget``, else ``config.time_budget``), checked, with the report's
+    reserve; None without one."""
     total = check_budget(config, options.budget)
     if total is None:
         return None
@@ -164,14 +165,18 @@ def budget_clock(config: Config, options: RunOptions) -> BudgetClock | None:
     return BudgetClock(total, reserve_s=reserve)
 
 
-def with_budget_share(exp: ExperimentConfig, out: Path, clock: BudgetClock | None, left: int) -> ExperimentConfig:
-    """``exp`` with its share of the config's budget as ``training.time_budget``: an equal share of
-    what is left, or (resuming) the share it was given before, so that its config stays the same."""
+def with_budget_share(
+    exp: ExperimentConfig, out: Path, clock: BudgetClock | None, remaining: list[ExperimentConfig]
+) -> ExperimentConfig:
+    """``exp`` (the first of ``remaining``) with its share of the config's budget as
+    ``training.time_budget`` (:func:`triptych.budget.next_share`: its own time_budget, or an equal share
+    of what is left), or (resuming) the share it was given before, so that its config stays the same."""
     if clock is None:
         return exp
     run = RunDir(out / exp.name)
     decided = run.read_record().budget if run.manifest.exists() else None
-    share = decided.seconds if decided is not None else clock.share(left)
+    own = [parse_budget(e.training.time_budget) for e in remaining]
+    share = decided.seconds if decided is not None else clock.share(own)
     return exp.model_copy(update={"training": exp.training.model_copy(update={"time_budget": share})})
 
 
