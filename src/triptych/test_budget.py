@@ -151,3 +151,15 @@ def test_a_budget_cannot_apply_to_multiworker_training():
     with pytest.raises(InvalidArgumentError, match="budget cannot be used"):
         check_budget(_config(strategy="multiworker"), "10m")
     assert check_budget(_config(), "2m") == 120 and check_budget(_config(), None) is None
+
+
+@pytest.mark.parametrize(("name", "seconds"), [("demo.yaml", 600), ("artstyle_cpu.yaml", 5400)])
+def test_the_shipped_budgeted_configs_leave_room_for_the_experiment_without_a_slice(name, seconds):
+    from pathlib import Path
+
+    from triptych.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / name)
+    assert check_budget(config, None) == seconds
+    own = [parse_budget(exp.training.time_budget) for exp in config.experiments]
+    assert own.count(None) == 1 and sum(s for s in own if s is not None) < seconds / 2  # Xception takes the rest
