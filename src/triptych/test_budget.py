@@ -162,4 +162,4 @@ def test_the_shipped_budgeted_configs_leave_room_for_the_experiment_without_a_sl
     config = load_config(Path(__file__).resolve().parents[2] / "configs" / name)
     assert check_budget(config, None) == seconds
     own = [parse_budget(exp.training.time_budget) for exp in config.experiments]
-    assert own.count(None) == 1 and sum(s for s in own if s is not None) < seconds / 2  # Xception takes the rest
+    assert own.count(None) == 1 and sum(s for s in own if s is not None) <= seconds * 2 / 3  # Xception: the rest
