@@ -354,7 +354,8 @@ def prepare_data(exp: ExperimentConfig, seed: int, log: Log) -> PreparedData:
         log(f"[{exp.name}] left out {len(bad)} unusable image file(s), listed in manifest.json "
             f"(first: {bad[0].path}: {bad[0].reason})")
     policy = exp.data.duplicates if exp.data.dataset == "folder" else "allow"
-    splits, dropped = guard_cross_split_duplicates(splits, policy, source.name)
+    pool = _train_pool(source, splits, bad)
+    splits, dropped = guard_cross_split_duplicates(splits, policy, source.name, train_pool=pool)
     if dropped:
         log(f"[{exp.name}] dropped {dropped} near-duplicate image(s) from val/test")
     fingerprints = SplitFingerprints(**{k: fingerprint(getattr(splits, k)) for k in ("train", "val", "test")})
@@ -468,6 +469,14 @@ def recipe_info(exp: ExperimentConfig, splits: Splits, augment: str) -> RecipeIn
         class_weights=None if weights is None else {splits.class_names[c]: w for c, w in weights.items()},
         tta=exp.data.tta,
     )
+
+
+def _train_pool(source, splits: Splits, bad: list) -> list[str] | None:
+    """The usable images train and val were drawn from (all but the test split); None for in-memory data."""
+    if not source.train.is_files:
+        return None
+    left_out = {str(p) for p in splits.test.ids} | {str(b.path) for b in bad}
+    return [str(p) for p in source.train.ids if str(p) not in left_out]
 
 
 # --- step 4: training -----------------------------------------------------------------------
