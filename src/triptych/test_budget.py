@@ -153,13 +153,14 @@ def test_a_budget_cannot_apply_to_multiworker_training():
     assert check_budget(_config(), "2m") == 120 and check_budget(_config(), None) is None
 
 
-@pytest.mark.parametrize(("name", "seconds"), [("demo.yaml", 600), ("artstyle_cpu.yaml", 5400)])
-def test_the_shipped_budgeted_configs_leave_room_for_the_experiment_without_a_slice(name, seconds):
+@pytest.mark.parametrize(("name", "seconds"), [("demo.yaml", 900), ("artstyle_cpu.yaml", 5400)])
+def test_the_shipped_budgeted_configs_leave_xception_a_share(name, seconds):
     from pathlib import Path
 
     from triptych.config import load_config
 
     config = load_config(Path(__file__).resolve().parents[2] / "configs" / name)
     assert check_budget(config, None) == seconds
-    own = [parse_budget(exp.training.time_budget) for exp in config.experiments]
-    assert own.count(None) == 1 and sum(s for s in own if s is not None) <= seconds * 2 / 3  # Xception: the rest
+    own = {exp.model.name: parse_budget(exp.training.time_budget) for exp in config.experiments}
+    assert own["xception"] is None  # Xception takes what is left: its cost is the one-off trunk pass
+    assert sum(s for s in own.values() if s is not None) <= seconds * 2 / 3
