@@ -99,8 +99,8 @@ def test_a_configs_budget_gives_each_experiment_a_share_and_a_resumed_one_its_fi
     from triptych.runner import with_budget_share
 
     exp = parse_config(tiny_config(tmp_path, "shared", epochs=5)).experiments[0]
-    assert with_budget_share(exp, tmp_path, None, 3) is exp
-    assert with_budget_share(exp, tmp_path, BudgetClock(600), 3).training.time_budget == pytest.approx(200, abs=1)
+    assert with_budget_share(exp, tmp_path, None, [exp] * 3) is exp
+    assert with_budget_share(exp, tmp_path, BudgetClock(600), [exp] * 3).training.time_budget == pytest.approx(200, abs=1)
     decided = BudgetInfo(seconds=123.4, chosen_epochs={"train": 2}, configured_epochs={"train": 5},
                          seconds_per_epoch={"train": 1.0}, train_img_s={"train": 10.0}, predict_img_s=30.0,
                          fixed_seconds=50.0, planned_seconds=52.0)
@@ -108,4 +108,4 @@ def test_a_configs_budget_gives_each_experiment_a_share_and_a_resumed_one_its_fi
     RunDir(tmp_path / "shared").write_record(RunRecord(status="failed", experiment="shared", model="resnet18", seed=0,
                                                       budget=decided))
     # Its config.yaml must not change on --resume: it keeps the share it was given.
-    assert with_budget_share(exp, tmp_path, BudgetClock(600), 3).training.time_budget == 123.4
+    assert with_budget_share(exp, tmp_path, BudgetClock(600), [exp] * 3).training.time_budget == 123.4

@@ -14,8 +14,11 @@ The rules, in one place:
   what cannot be measured in advance.
 - Phases are filled in order, each leaving room for one epoch of every later phase: a cheap head
   phase (on cached features) gets its configured epochs, fine-tuning the rest.
-- A whole config's budget is shared out as it goes: each experiment gets an equal share of what
-  is left (the elapsed time of the finished ones subtracted), less a reserve for the report.
+- A whole config's budget is shared out as it goes: an experiment with its own
+  ``training.time_budget`` gets that (a fixed slice: a from-scratch model whose time is paid again
+  on every run); the others get an equal share of what is left (the elapsed time of the finished
+  ones, the slices of the later ones and a reserve for the report subtracted), so a cheap finish
+  (configured epochs reached, caches warm) leaves its time to the next one.
 
 Nothing here imports TensorFlow.
 """
@@ -102,10 +105,19 @@ def choose_epochs(
     return chosen
 
 
-def share_of(total_s: float, elapsed_s: float, experiments_left: int, reserve_s: float = 0.0) -> float:
-    """An equal share of what is left of a config's budget for the next experiment."""
-    left = total_s - elapsed_s - reserve_s
-    return round(max(left / max(experiments_left, 1), MIN_SHARE_S), 1)
+def next_share(total_s: float, elapsed_s: float, own_s: Sequence[float | None], reserve_s: float = 0.0) -> float:
+    """The next experiment's share of a config's budget; ``own_s``: the own ``training.time_budget``
+    (seconds, None without one) of it and of every experiment after it.
+
+    Its own budget, when it has one (no more than is left after the later ones' own budgets);
+    else an equal share, among the experiments left without one, of what the later own budgets leave.
+    """
+    later_own = sum(s for s in own_s[1:] if s is not None)
+    left = total_s - elapsed_s - reserve_s - later_own
+    if own_s[0] is not None:
+        return round(max(min(own_s[0], left), MIN_SHARE_S), 1)
+    sharing = sum(1 for s in own_s if s is None)
+    return round(max(left / sharing, MIN_SHARE_S), 1)
 
 
 @dataclass
@@ -116,8 +128,9 @@ class BudgetClock:
     reserve_s: float = 0.0  # after the last experiment (the report)
     started: float = field(default_factory=time.monotonic)
 
-    def share(self, experiments_left: int) -> float:
-        return share_of(self.total_s, time.monotonic() - self.started, experiments_left, self.reserve_s)
+    def share(self, own_s: Sequence[float | None]) -> float:
+        """:func:`next_share` now: ``own_s`` are the own budgets of the next experiment and the later ones."""
+        return next_share(self.total_s, time.monotonic() - self.started, own_s, self.reserve_s)
 
 
 def describe(info: BudgetInfo) -> str:

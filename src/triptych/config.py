@@ -235,7 +235,21 @@ class Config(_Strict):
         description="mlflow: log each experiment as an MLflow run nested under one run for the config "
         "(pip install triptych[mlflow]; MLFLOW_TRACKING_URI, else a local store under the output directory)",
     )
+    # The same as RunOptions(budget=...) / `triptych run --budget` (which override it), kept in the config so a
+    # recipe sized for a wall time (configs/demo.yaml) says so itself.
+    time_budget: str | float | None = Field(
+        None,
+        description="wall time for the whole config, e.g. '10m' or seconds: shared out over the experiments as they "
+        "run (an experiment's own training.time_budget is kept as its share; the others share what is left "
+        "equally); each share is that experiment's time_budget. null: each experiment's own time_budget only",
+    )
     experiments: list[ExperimentConfig] = Field(..., min_length=1, description="the models to train and compare")
+
+    @field_validator("time_budget")
+    @classmethod
+    def _whole_duration(cls, budget: str | float | None) -> str | float | None:
+        parse_budget(budget)  # a typo is refused with the config, before anything runs
+        return budget
 
     @field_validator("experiments")
     @classmethod

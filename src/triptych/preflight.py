@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from triptych.budget import parse_budget
+from triptych.budget import format_budget, parse_budget
 from triptych.config import Config, ExperimentConfig
 from triptych.errors import InvalidArgumentError, MissingFileError, TriptychError
 from triptych.models.registry import ModelSpec, get_spec
@@ -33,12 +33,26 @@ def validate_experiments(config: Config) -> None:
 
 
 def check_budget(config: Config, budget: str | float | None) -> float | None:
-    """A whole config's budget (``budget``, e.g. '10m') in seconds, refused where it cannot apply."""
-    seconds = parse_budget(budget)
+    """A whole config's budget in seconds (``budget``, e.g. '10m', else ``config.time_budget``; None
+    without either), refused where it cannot apply."""
+    key = "budget" if budget is not None else "time_budget"
+    seconds = parse_budget(budget if budget is not None else config.time_budget)
     if seconds is not None:
         for exp in config.experiments:
-            _check_time_budget(exp, budget, key="budget")
+            _check_time_budget(exp, seconds, key=key)
+        _check_own_budgets_fit(config, seconds, key)
     return seconds
+
+
+def _check_own_budgets_fit(config: Config, seconds: float, key: str) -> None:
+    """The experiments' own training.time_budget are slices of the whole: they must leave room for the rest."""
+    own = [parse_budget(exp.training.time_budget) for exp in config.experiments for _ in range(exp.repeats)]
+    kept = sum(s for s in own if s is not None)
+    if kept > seconds or (kept == seconds and None in own):
+        raise InvalidArgumentError(
+            f"the experiments' own training.time_budget add up to {format_budget(kept)}, which leaves nothing of "
+            f"{key} {format_budget(seconds)} for the others; raise {key} or lower those time_budget values"
+        )
 
 
 def _check_time_budget(exp: ExperimentConfig, budget: str | float | None, key: str = "training.time_budget") -> None:

@@ -119,7 +119,7 @@ class RunOptions:
     threads: int | None = None  # TensorFlow intra-op threads in each experiment; None: TensorFlow's choice
     track: str | None = None  # overrides config.tracking ("none" | "mlflow")
     # Wall time for the whole config ('10m', seconds): shared out over the experiments as they run,
-    # each one's share becoming its training.time_budget. None: each experiment's own time_budget.
+    # each one's share becoming its training.time_budget. None: config.time_budget, if any.
     budget: str | float | None = None
 
 
@@ -148,7 +148,7 @@ def run_config(config: Config, out: str | Path, options: RunOptions = RunOptions
         runs = []
         planned = expand_repeats(config)
         for index, (exp, seed) in enumerate(planned):
-            exp = with_budget_share(exp, out, clock, len(planned) - index)
+            exp = with_budget_share(exp, out, clock, [e for e, _ in planned[index:]])
             runs.append(_run_one(exp, out, seed, options, log))
             if exp.name not in done_before:
                 tracker.log_experiment(runs[-1].root)
@@ -166,7 +166,8 @@ REPORT_RESERVE_S, REPORT_RESERVE_PER_EXPERIMENT_S = 3.0, 2.0
 
 
 def budget_clock(config: Config, options: RunOptions) -> BudgetClock | None:
-    """The config's budget (``options.budget``), checked, with the report's reserve; None without one."""
+    """The config's budget (``options.budget``, else ``config.time_budget``), checked, with the report's
+    reserve; None without one."""
     total = check_budget(config, options.budget)
     if total is None:
         return None
@@ -174,14 +175,18 @@ def budget_clock(config: Config, options: RunOptions) -> BudgetClock | None:
     return BudgetClock(total, reserve_s=reserve)
 
 
-def with_budget_share(exp: ExperimentConfig, out: Path, clock: BudgetClock | None, left: int) -> ExperimentConfig:
-    """``exp`` with its share of the config's budget as ``training.time_budget``: an equal share of
-    what is left, or (resuming) the share it was given before, so that its config stays the same."""
+def with_budget_share(
+    exp: ExperimentConfig, out: Path, clock: BudgetClock | None, remaining: list[ExperimentConfig]
+) -> ExperimentConfig:
+    """``exp`` (the first of ``remaining``) with its share of the config's budget as
+    ``training.time_budget`` (:func:`triptych.budget.next_share`: its own time_budget, or an equal share
+    of what is left), or (resuming) the share it was given before, so that its config stays the same."""
     if clock is None:
         return exp
     run = RunDir(out / exp.name)
     decided = run.read_record().budget if run.manifest.exists() else None
-    share = decided.seconds if decided is not None else clock.share(left)
+    own = [parse_budget(e.training.time_budget) for e in remaining]
+    share = decided.seconds if decided is not None else clock.share(own)
     return exp.model_copy(update={"training": exp.training.model_copy(update={"time_budget": share})})
 
 
@@ -381,7 +386,8 @@ def prepare_data(exp: ExperimentConfig, seed: int, log: Log) -> PreparedData:
         log(f"[{exp.name}] left out {len(bad)} unusable image file(s), listed in manifest.json "
             f"(first: {bad[0].path}: {bad[0].reason})")
     policy = exp.data.duplicates if exp.data.dataset == "folder" else "allow"
-    splits, dropped = guard_cross_split_duplicates(splits, policy, source.name)
+    pool = _train_pool(source, splits, bad)
+    splits, dropped = guard_cross_split_duplicates(splits, policy, source.name, train_pool=pool)
     if dropped:
         log(f"[{exp.name}] dropped {dropped} near-duplicate image(s) from val/test")
     fingerprints = SplitFingerprints(**{k: fingerprint(getattr(splits, k)) for k in ("train", "val", "test")})
@@ -495,6 +501,14 @@ def recipe_info(exp: ExperimentConfig, splits: Splits, augment: str) -> RecipeIn
         class_weights=None if weights is None else {splits.class_names[c]: w for c, w in weights.items()},
         tta=exp.data.tta,
     )
+
+
+def _train_pool(source, splits: Splits, bad: list) -> list[str] | None:
+    """The usable images train and val were drawn from (all but the test split); None for in-memory data."""
+    if not source.train.is_files:
+        return None
+    left_out = {str(p) for p in splits.test.ids} | {str(b.path) for b in bad}
+    return [str(p) for p in source.train.ids if str(p) not in left_out]
 
 
 # --- step 4: training -----------------------------------------------------------------------

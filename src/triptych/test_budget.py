@@ -12,8 +12,8 @@ from triptych.budget import (
     choose_epochs,
     describe,
     format_budget,
+    next_share,
     parse_budget,
-    share_of,
 )
 from triptych.config import Config, parse_config
 from triptych.errors import InvalidArgumentError, TriptychError
@@ -77,11 +77,29 @@ def test_a_budget_too_small_for_one_epoch_is_one_line_naming_the_minimum():
 
 
 def test_a_configs_budget_is_shared_equally_over_what_is_left():
-    assert share_of(600, 0, 3) == 200
-    assert share_of(600, 300, 2, reserve_s=10) == 145  # the finished experiment's time is subtracted
-    assert share_of(600, 700, 1) == MIN_SHARE_S  # spent: the experiment refuses, naming its minimum
+    assert next_share(600, 0, [None] * 3) == 200
+    assert next_share(600, 300, [None] * 2, reserve_s=10) == 145  # the finished experiment's time is subtracted
+    assert next_share(600, 700, [None]) == MIN_SHARE_S  # spent: the experiment refuses, naming its minimum
     clock = BudgetClock(600, started=0.0)  # long ago: the budget is spent
-    assert clock.share(2) == MIN_SHARE_S
+    assert clock.share([None, None]) == MIN_SHARE_S
+
+
+def test_an_experiments_own_budget_is_its_slice_and_the_others_share_the_rest():
+    # demo-like: a scratch model with its own 90 s, a pretrained one without, another scratch one with 90 s
+    own = [90.0, None, 90.0]
+    assert next_share(600, 0, own, reserve_s=9) == 90
+    assert next_share(600, 60, own[1:], reserve_s=9) == 441  # 600 - 60 spent - 9 - the last one's 90
+    assert next_share(600, 80, own[1:], reserve_s=9) == 421  # a slower first one leaves less, the slices stay
+    assert next_share(600, 500, own[2:], reserve_s=9) == 90
+    assert next_share(600, 550, own[2:], reserve_s=9) == 41  # overrun before it: no more than is left
+    assert next_share(600, 0, [None, 100.0, None]) == 250  # two share what the slice leaves
+
+
+def test_a_config_without_own_budgets_gets_the_same_shares_from_the_same_times():
+    spent = [0.0, 170.0, 390.0]
+    shares = [next_share(600, t, [None] * (3 - i), reserve_s=9) for i, t in enumerate(spent)]
+    assert shares == [197.0, 210.5, 201.0]
+    assert shares == [next_share(600, t, [None] * (3 - i), reserve_s=9) for i, t in enumerate(spent)]
 
 
 def test_the_decision_reads_as_epochs_for_a_budget_at_a_measured_speed():
@@ -99,6 +117,27 @@ def _config(**training) -> Config:
     return parse_config({"experiments": [{"name": "e", "training": training}]})
 
 
+def _whole(time_budget, *own) -> Config:
+    experiments = [{"name": f"e{i}", "training": {"time_budget": b}} for i, b in enumerate(own)]
+    return parse_config({"time_budget": time_budget, "experiments": experiments})
+
+
+def test_a_configs_time_budget_is_checked_and_the_run_argument_overrides_it():
+    assert check_budget(_whole("10m", None), None) == 600
+    assert check_budget(_whole("10m", None), "2m") == 120
+    assert check_budget(_whole(None, None), None) is None
+    with pytest.raises(TriptychError, match=r"^config: time_budget: budget '10 min' is not a duration"):
+        _whole("10 min", None)
+
+
+def test_own_budgets_that_leave_nothing_for_the_others_are_refused_up_front():
+    assert check_budget(_whole("10m", "5m", "5m"), None) == 600  # all slices, exactly the whole
+    with pytest.raises(InvalidArgumentError, match=r"add up to 10m, which leaves nothing of time_budget 10m"):
+        check_budget(_whole("10m", "5m", "5m", None), None)
+    with pytest.raises(InvalidArgumentError, match=r"add up to 11m, which leaves nothing of budget 10m"):
+        check_budget(_whole(None, "5m", "6m"), "10m")
+
+
 def test_time_budget_is_checked_with_the_config():
     assert _config(time_budget="1h30m").experiments[0].training.time_budget == "1h30m"
     with pytest.raises(TriptychError, match=r"time_budget: budget '10 minutes' is not a duration"):
@@ -112,3 +151,16 @@ def test_a_budget_cannot_apply_to_multiworker_training():
     with pytest.raises(InvalidArgumentError, match="budget cannot be used"):
         check_budget(_config(strategy="multiworker"), "10m")
     assert check_budget(_config(), "2m") == 120 and check_budget(_config(), None) is None
+
+
+@pytest.mark.parametrize(("name", "seconds"), [("demo.yaml", 900), ("artstyle_cpu.yaml", 5400)])
+def test_the_shipped_budgeted_configs_leave_xception_a_share(name, seconds):
+    from pathlib import Path
+
+    from triptych.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / name)
+    assert check_budget(config, None) == seconds
+    own = {exp.model.name: parse_budget(exp.training.time_budget) for exp in config.experiments}
+    assert own["xception"] is None  # Xception takes what is left: its cost is the one-off trunk pass
+    assert sum(s for s in own.values() if s is not None) <= seconds * 2 / 3

@@ -21,7 +21,7 @@ def test_defaults_are_filled_in():
         ({"experiments": [{"name": "a", "training": {"epochs": -1}}]}, r"training.epochs: .*greater than or equal to 1"),
         ({"experiments": [{"name": "a", "training": {"optimizer": "adm"}}]}, r"'sgd', 'adamw' or 'adam'"),
         ({"experiments": [{"name": "a", "data": {"dataset": "folder"}}]}, r"data.path is required"),
-        ({"experimnts": [{"name": "a"}]}, r"unknown key 'experimnts'; allowed keys here: seed, title, tracking, experiments"),
+        ({"experimnts": [{"name": "a"}]}, r"unknown key 'experimnts'; allowed keys here: seed, title, tracking, time_budget, experiments"),
         ({"experiments": [{"name": "a"}, {"name": "a"}]}, r"unique; repeated: a"),
         ({"experiments": []}, r"experiments: .*at least 1"),
     ],

@@ -50,9 +50,9 @@ def register(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     existing.add_argument("--overwrite", action="store_true", help="delete an existing run directory DIR first")
     parser.add_argument(
         "--budget", default=None, metavar="DURATION",
-        help="wall time for the whole config, e.g. 90s, 10m, 1h30m: shared out over the experiments (each share "
-        "becomes its training.time_budget); a measured warm-up chooses the epochs that fit, the configured "
-        "epochs are upper limits",
+        help="wall time for the whole config, e.g. 90s, 10m, 1h30m (overrides the config's time_budget): shared "
+        "out over the experiments (each share becomes its training.time_budget); a measured warm-up chooses the "
+        "epochs that fit, the configured epochs are upper limits",
     )
     parser.add_argument("--no-report", action="store_true", help="skip writing DIR/report.html")
     parser.add_argument(

@@ -7,6 +7,7 @@ copy from val/test; train keeps its images) or ``allow``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal
 
@@ -20,13 +21,22 @@ SPLIT_ORDER = ("train", "val", "test")
 
 
 def guard_cross_split_duplicates(
-    splits: Splits, policy: Literal["refuse", "drop", "allow"], dataset: str
+    splits: Splits, policy: Literal["refuse", "drop", "allow"], dataset: str, train_pool: Sequence[str] | None = None
 ) -> tuple[Splits, int]:
     """Apply ``policy`` to the near-duplicates across ``splits``; returns the splits to use and
-    how many images were dropped from val/test."""
+    how many images were dropped from val/test.
+
+    ``train_pool``: every image train and val were drawn from (a subset such as train_per_class
+    uses some of them). ``drop`` then compares val and test with all of them, so which test images
+    are dropped depends on the split only, not on the subset: models trained on different subsets
+    of one split keep the same test images (paired comparisons need that)."""
     if policy == "allow":
         return splits, 0
-    pairs = cross_split_duplicates({name: list(getattr(splits, name).ids) for name in SPLIT_ORDER})
+    ids = {name: list(getattr(splits, name).ids) for name in SPLIT_ORDER}
+    if policy == "drop" and train_pool is not None:
+        held_out = {str(p) for p in ids["val"]}
+        ids["train"] = [p for p in train_pool if str(p) not in held_out]
+    pairs = cross_split_duplicates(ids)
     if not pairs:
         return splits, 0
     if policy == "refuse":

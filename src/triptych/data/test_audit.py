@@ -217,6 +217,30 @@ def test_cross_split_duplicates(messy, monkeypatch):
     assert cross_split_duplicates({"train": files[:1], "test": files[1:]}) == []
 
 
+def test_dropping_against_the_train_pool_keeps_one_test_set_for_every_train_subset(messy):
+    from triptych.data.leakage import guard_cross_split_duplicates
+    from triptych.data.sources import Examples
+    from triptych.data.splits import Splits
+
+    cats = sorted(str(p) for p in (messy / "cats").glob("cat?.jpg"))
+    dog = str(messy / "dogs" / "copy of cat0.jpg")
+
+    def splits(train: list[str]) -> Splits:
+        def examples(ids):
+            return Examples(labels=np.zeros(len(ids), int), ids=np.array(ids, dtype=object))
+        return Splits(class_names=("cats", "dogs"), train=examples(train), val=examples([cats[4]]),
+                      test=examples([dog, cats[3]]))
+
+    pool = cats[:3] + [cats[4]]  # everything but the test split; val is drawn from it too
+    with_cat0, without_cat0 = splits(cats[:3]), splits(cats[1:3])
+    # Judged by its own train split, a subset without cat0 keeps cat0's copy in test ...
+    assert list(guard_cross_split_duplicates(without_cat0, "drop", "messy")[0].test.ids) == [dog, cats[3]]
+    # ... judged by the pool, every subset drops it: the test set no longer depends on the subset.
+    for chosen in (with_cat0, without_cat0):
+        kept, dropped = guard_cross_split_duplicates(chosen, "drop", "messy", train_pool=pool)
+        assert list(kept.test.ids) == [cats[3]] and list(kept.val.ids) == [cats[4]] and dropped == 1
+
+
 def test_hash_cache_file_serves_a_new_process(messy, tmp_path, monkeypatch):
     files = sorted(str(p) for p in (messy / "cats").glob("*.jpg"))
     splits = {"train": files[::2], "test": files[1::2]}

@@ -23,12 +23,14 @@ import numpy as np
 
 from triptych.budget import PhaseCost, choose_epochs
 from triptych.config import ExperimentConfig, TrainingConfig
+from triptych.errors import InvalidArgumentError
 from triptych.models.forward import forward_function
 from triptych.models.pretrained import unfreeze
 from triptych.rundir import BudgetInfo
 from triptych.training.feature_cache import head_model
-from triptych.training.phases import FINE_TUNE, HEAD, TRAIN, PhaseData
+from triptych.training.phases import FINE_TUNE, HEAD, TRAIN, PhaseData, shares_trunk_cache, trunk_views
 from triptych.training.trainer import compile_model, steps_for
+from triptych.training.trunk_cache import split_model
 
 WARMUP_STEPS = 5  # timed steps per measurement, after one traced step
 WARMUP_SHARE = 0.02  # of the budget: a measurement stops timing steps once they have taken this long
@@ -103,6 +105,10 @@ def _phase_cost(
     """One epoch and the once-per-phase costs of ``phase``, from a few real training steps."""
     if phase == HEAD and exp.training.feature_cache:
         return _cached_head_cost(exp, model, data, inference, num_val, limit)
+    if phase == FINE_TUNE and exp.training.fine_tune.trunk_cache is not False:
+        cached = _trunk_cached_fine_tune_cost(exp, model, data, inference, num_val, limit)
+        if cached is not None:
+            return cached
     cfg, max_epochs = exp.training, exp.training.epochs
     if phase == FINE_TUNE:
         ft = exp.training.fine_tune
@@ -137,6 +143,33 @@ def _cached_head_cost(
     build = (rows + num_val) / inference.timing.images_per_second + inference.timing.trace_seconds
     traces = _traces(rows, data.batch_size) + _traces(num_val, data.batch_size)
     return PhaseCost(HEAD, epoch, build + traces * timing.trace_seconds, exp.training.epochs), timing
+
+
+def _trunk_cached_fine_tune_cost(
+    exp: ExperimentConfig, model: keras.Model, data: PhaseData, inference: Inference, num_val: int, limit: float
+) -> tuple[PhaseCost, StepTiming] | None:
+    """Phase 2 on the trunk cache: the trunk's pass over every train view and val image once (unless
+    the head phase built it already), then epochs of the unfrozen top blocks alone, timed here on
+    stand-in trunk activations. None when the model has no trunk to cache (fine-tuned on images)."""
+    ft = exp.training.fine_tune
+    unfreeze(model, ft.unfreeze_blocks, ft.unfreeze_layers)
+    try:
+        split = split_model(model, ft.unfreeze_blocks, ft.unfreeze_layers)
+    except InvalidArgumentError:
+        return None
+    rng = np.random.default_rng(0)
+    stand_in = [rng.standard_normal((data.batch_size, *t.shape[1:])).astype(np.float32) for t in split.top.inputs]
+    classes = int(model.output_shape[-1])
+    labels = keras.utils.to_categorical(np.arange(data.batch_size) % classes, classes).astype(np.float32)
+    steps = steps_for(data.num_train, data.batch_size)
+    batch = (stand_in[0] if len(stand_in) == 1 else stand_in, labels)
+    timing = _time_training(split.top, _repeat(batch), _fine_tune_optimizer(exp), steps, limit)
+    # A validation step (forward only) costs at most a training step.
+    epoch = (steps + steps_for(num_val, data.batch_size)) * timing.seconds + 2 * inference.save_seconds
+    views = trunk_views(exp)
+    build = 0.0 if shares_trunk_cache(exp) else (views * data.num_train + num_val) / inference.timing.images_per_second
+    traces = _traces(data.num_train, data.batch_size) + _traces(num_val, data.batch_size)
+    return PhaseCost(FINE_TUNE, epoch, build + traces * timing.trace_seconds, ft.epochs), timing
 
 
 def _traces(examples: int, batch_size: int) -> int:

@@ -36,6 +36,7 @@ from triptych.training.trunk_cache import (
     TrunkRangeError,
     TrunkSplit,
     cached_trunk,
+    pooled_features,
     split_model,
     trunk_dataset,
     weights_digest,
@@ -240,8 +241,37 @@ def _fit_head_on_cache(
     return info
 
 
+def shares_trunk_cache(exp: ExperimentConfig) -> bool:
+    """Whether the head phase reads its features off phase 2's trunk cache: phase 2 caches the trunk
+    and the head wants the same views of the same images, in the model's own precision."""
+    ft, cfg = exp.training.fine_tune, exp.training
+    return (ft is not None and ft.trunk_cache is not False and cfg.feature_cache and cfg.cache_dtype == "float32"
+            and trunk_views(exp) == cfg.cache_views)
+
+
+def _features_from_trunk(model: keras.Model, exp: ExperimentConfig, data: PhaseData, weights_origin: str):
+    """The head phase's features as the frozen top blocks' pooled output on the trunk cache (built
+    here, read again by phase 2): one backbone pass over the images serves both phases. None when the
+    model has no trunk to cache (phase 2 then says why and fine-tunes on images)."""
+    ft = exp.training.fine_tune
+    started = time.perf_counter()
+    try:
+        split = split_model(model, ft.unfreeze_blocks, ft.unfreeze_layers)
+        (train, val), trunk = _trunk_arrays(split, exp, data, weights_origin)
+    except (InvalidArgumentError, TrunkRangeError):
+        return None
+    train_x = pooled_features(split, train, data.batch_size)
+    val_x = pooled_features(split, val, data.batch_size)
+    info = FeatureCacheInfo(train_features=list(train_x.shape), views=train.views, dtype=exp.training.cache_dtype,
+                            hit=trunk.hit, seconds=round(time.perf_counter() - started, 2))
+    return (train_x, train.labels), (val_x, val.labels), info
+
+
 def _head_features(model: keras.Model, exp: ExperimentConfig, data: PhaseData, weights_origin: str):
     """The frozen backbone's features of the train (K views) and val images, from the cache or computed."""
+    from_trunk = _features_from_trunk(model, exp, data, weights_origin) if shares_trunk_cache(exp) else None
+    if from_trunk is not None:
+        return from_trunk
     cfg = exp.training
     started = time.perf_counter()
 

@@ -97,3 +97,29 @@ def test_a_budgeted_two_phase_run_trains_the_epochs_it_chose(tmp_path):
     decision = json.loads(run.manifest.read_text())["budget"]
     history = pd.read_csv(run.history)
     assert history["phase"].value_counts().to_dict() == decision["chosen_epochs"] == {HEAD: 4, FINE_TUNE: 3}
+
+
+@pytest.mark.parametrize(("cache_views", "builds_trunk"), [(1, False), (2, True)])
+def test_a_trunk_cached_fine_tune_is_costed_on_the_top_and_pays_the_trunk_only_if_the_head_did_not(
+    monkeypatch, cache_views, builds_trunk
+):
+    from triptych.training import budget_plan
+
+    timed = []
+
+    def fake_timing(model, batches, cfg, steps, limit):
+        timed.append(model.name)
+        return budget_plan.StepTiming(seconds=0.5, trace_seconds=2.0, images_per_second=16.0)
+
+    monkeypatch.setattr(budget_plan, "_time_training", fake_timing)
+    # the head on one clean view reads phase 2's trunk cache (one clean view); on two views it builds its own
+    exp = experiment(cache_views=cache_views)
+    model = build("densenet121", 3, (32, 32, 3), weights=None)
+    model.get_layer("base").trainable = False
+    inference = budget_plan.Inference(budget_plan.StepTiming(0.1, 1.0, 100.0), save_seconds=0.25)
+    cost, _ = budget_plan._phase_cost(FINE_TUNE, exp, model, random_data(), inference, num_val=6, limit=1.0)
+    assert timed == [f"{model.name}_top"]  # the unfrozen top alone, on stand-in trunk activations
+    assert cost.epoch_seconds == pytest.approx((3 + 1) * 0.5 + 2 * 0.25)  # 3 train + 1 val steps, 2 saves
+    build_s = (20 + 6) / 100.0 if builds_trunk else 0.0  # one clean view of 20 train + 6 val images
+    assert cost.fixed_seconds == pytest.approx(build_s + (2 + 1) * 2.0)  # 20 % 8 != 0: a second train trace
+    assert cost.max_epochs == 3

@@ -15,7 +15,14 @@ import tensorflow as tf
 
 from triptych.models import build
 from triptych.models.pretrained import unfreeze
-from triptych.training.trunk_cache import TrunkArrays, TrunkKey, cached_trunk, split_model, trunk_dataset
+from triptych.training.trunk_cache import (
+    TrunkArrays,
+    TrunkKey,
+    cached_trunk,
+    pooled_features,
+    split_model,
+    trunk_dataset,
+)
 
 # The split points the benchmarks use: Xception's last block; DenseNet-121's last two dense layers.
 SPLITS = [("xception", 71, ["block14"]), ("densenet121", 32, ["conv5_block15", "conv5_block16"])]
@@ -52,6 +59,23 @@ def test_trunk_then_top_equals_the_whole_model_before_and_after_a_training_step(
     # Training the top moved the full model's own weights, and the two still agree.
     assert not np.allclose(model.get_layer("predictions").get_weights()[0], before)
     assert max_diff() <= 1e-4
+
+
+def test_pooled_features_on_the_cache_equal_the_backbones_features_of_the_images(tmp_path):
+    """The head phase's features read off the trunk cache are the whole backbone's pooled features
+    (to float16 storage's precision), row for row."""
+    model = build("xception", 3, (71, 71, 3), weights=None)
+    split = split_model(model, ["block14"])
+    images = np.random.default_rng(2).uniform(-1, 1, (5, 71, 71, 3)).astype("float32")
+    labels = keras.utils.to_categorical([0, 1, 2, 0, 1], 3)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
+    key = _key(model="xception", image_size=71, tensors=tuple(split.tensors))
+    arrays, _ = cached_trunk(key, split.trunk, [dataset], 5, tmp_path)
+    features = pooled_features(split, arrays, batch_size=2)
+    whole = keras.Model(model.input, model.get_layer("avg_pool").output)(images, training=False).numpy()
+    assert features.shape == whole.shape == (5, model.get_layer("predictions").kernel.shape[0])
+    np.testing.assert_allclose(features, whole, rtol=0.02, atol=0.02 * float(np.abs(whole).max()))
+    assert not np.allclose(features[0], features[1])  # rows are the images' own, in order
 
 
 def _tiny_trunk() -> keras.Model:

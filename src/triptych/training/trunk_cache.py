@@ -58,6 +58,7 @@ class TrunkSplit:
     trunk: keras.Model  # image -> trunk tensors the top reads
     top: keras.Model  # those tensors -> class probabilities (the full model's layers)
     tensors: list[str]  # the cached tensors, named by the layers that produce them
+    pooled: keras.Model  # those tensors -> the pooled features the head reads (the head phase's features)
 
 
 def split_model(model: keras.Model, blocks=None, last_layers: int | None = None) -> TrunkSplit:
@@ -74,10 +75,11 @@ def split_model(model: keras.Model, blocks=None, last_layers: int | None = None)
     base_top = keras.Model(_single(boundary), base.output, name=f"{model.name}_base_top")
     inputs = _single([keras.Input(tuple(t.shape[1:]), name=f"trunk_{name}") for t, name in zip(boundary, names)])
     x = base_top(inputs, training=False)  # BatchNorm in inference mode, as in the full model
-    x = model.get_layer("avg_pool")(x)
-    x = model.get_layer("head_dropout")(x)
+    pooled = model.get_layer("avg_pool")(x)
+    x = model.get_layer("head_dropout")(pooled)
     outputs = model.get_layer("predictions")(x)
-    return TrunkSplit(trunk, keras.Model(inputs, outputs, name=f"{model.name}_top"), names)
+    top = keras.Model(inputs, outputs, name=f"{model.name}_top")
+    return TrunkSplit(trunk, top, names, keras.Model(inputs, pooled, name=f"{model.name}_pooled"))
 
 
 def _trunk_tensors_read_by_top(base: keras.Model, opened: set[str]) -> list:
@@ -244,6 +246,19 @@ def _single(tensors: list):
 
 def _as_list(outputs) -> list:
     return list(outputs) if isinstance(outputs, list | tuple) else [outputs]
+
+
+def pooled_features(split: TrunkSplit, arrays: TrunkArrays, batch_size: int) -> np.ndarray:
+    """float32 pooled features of every cached row, in order: the frozen top blocks run on the
+    cache instead of the whole backbone on the images (the head phase's features, at a fraction
+    of their cost when phase 2 builds the same cache anyway)."""
+    forward = tf.function(lambda inputs: split.pooled(inputs, training=False))
+    rows = len(arrays.labels)
+    batches = []
+    for start in range(0, rows, batch_size):
+        inputs = [tf.constant(np.asarray(t[start:start + batch_size], np.float32)) for t in arrays.tensors]
+        batches.append(tf.cast(forward(_single(inputs)), tf.float32).numpy())
+    return np.concatenate(batches)
 
 
 def trunk_dataset(arrays: TrunkArrays, batch_size: int, seed: int | None = None) -> tf.data.Dataset:
