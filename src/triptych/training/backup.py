@@ -25,10 +25,10 @@ import json
 from pathlib import Path
 
 import keras
-import tensorflow as tf
 
 from triptych.errors import TriptychError
 from triptych.io import atomic_path, atomic_write_json
+from triptych.training.distribute import gathered_over_replicas
 
 METADATA = "training_metadata.json"  # the commit; tests and benchmarks watch its "epoch"
 
@@ -80,12 +80,4 @@ def _epochs_of(path: Path) -> int:
 def agreed_epochs(strategy, epochs: int) -> int:
     """The smallest ``epochs`` over every worker of ``strategy`` (every worker must call it);
     ``epochs`` itself for one replica."""
-    if strategy is None or strategy.num_replicas_in_sync < 2:
-        return epochs
-    value = tf.constant([epochs], tf.int64)
-
-    @tf.function(autograph=False)
-    def gather():
-        return strategy.run(lambda: tf.distribute.get_replica_context().all_gather(value, axis=0))
-
-    return int(tf.reduce_min(strategy.experimental_local_results(gather())[0]))
+    return int(min(row[0] for row in gathered_over_replicas(strategy, [epochs])))

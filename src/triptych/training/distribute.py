@@ -118,20 +118,24 @@ def num_replicas(name: str) -> int:
     return 1 if strategy is None else int(strategy.num_replicas_in_sync)
 
 
-def chief_values(strategy, values: list[int]) -> list[int]:
-    """The chief's ``values`` on every worker of ``strategy`` (every worker must call it, in the same
-    order); ``values`` itself with one replica. For what each process decides on its own, e.g. a
-    speed measured on its machine, that all workers must nevertheless decide alike."""
+def gathered_over_replicas(strategy, values: list[int]) -> list[list[int]]:
+    """Every replica's ``values``, one row per replica in replica order (the chief's first
+    replica first); every worker must call it, in the same order. ``[values]`` with one replica."""
     if strategy is None or strategy.num_replicas_in_sync < 2:
-        return list(values)
+        return [list(values)]
     local = tf.constant([values], tf.int64)
 
     @tf.function(autograph=False)
     def gather():
         return strategy.run(lambda: tf.distribute.get_replica_context().all_gather(local, axis=0))
 
-    gathered = strategy.experimental_local_results(gather())[0]
-    return [int(v) for v in gathered[0].numpy()]  # row 0: the chief's first replica
+    return strategy.experimental_local_results(gather())[0].numpy().tolist()
+
+
+def chief_values(strategy, values: list[int]) -> list[int]:
+    """The chief's ``values`` on every worker of ``strategy``: for what each process decides on
+    its own, e.g. a speed measured on its machine, that all workers must nevertheless decide alike."""
+    return [int(v) for v in gathered_over_replicas(strategy, values)[0]]
 
 
 def task() -> tuple[str, int]:
