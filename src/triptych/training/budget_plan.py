@@ -15,11 +15,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from triptych.budget import PhaseCost, choose_epochs
 from triptych.config import ExperimentConfig, TrainingConfig
@@ -28,8 +29,16 @@ from triptych.models.forward import forward_function
 from triptych.models.pretrained import unfreeze
 from triptych.rundir import BudgetInfo
 from triptych.training.feature_cache import head_model
-from triptych.training.phases import FINE_TUNE, HEAD, TRAIN, PhaseData, shares_trunk_cache, trunk_views
-from triptych.training.trainer import compile_model, steps_for
+from triptych.training.phases import (
+    FINE_TUNE,
+    HEAD,
+    TRAIN,
+    PhaseData,
+    fine_tune_config,
+    shares_trunk_cache,
+    trunk_views,
+)
+from triptych.training.trainer import compile_model, steps_for, without_autotune_wait
 from triptych.training.trunk_cache import split_model
 
 WARMUP_STEPS = 5  # timed steps per measurement, after one traced step
@@ -43,6 +52,8 @@ class StepTiming:
     seconds: float  # one step (a batch in, its update done), mean of the timed steps
     trace_seconds: float  # what the first step took more: paid again by each fit's own trace
     images_per_second: float
+    # Timed through model.fit on the phase's own data, so its fit may keep this trace (see plan_epochs).
+    fit_step: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,8 +75,8 @@ def plan_epochs(
     inference = _measure_inference(model, data, limit)
     with _state_kept(model):
         measured = {phase: _phase_cost(phase, exp, model, data, inference, num_val, limit) for phase in phases}
-    costs = [cost for cost, _ in measured.values()]
-    fixed = spent_s + (time.perf_counter() - started) + _after_training_seconds(inference, num_test)
+    costs = _without_kept_trace(measured)
+    fixed = spent_s + (time.perf_counter() - started) + _after_training_seconds(inference, num_test * (2 if exp.data.tta == "flip" else 1))
     chosen = choose_epochs(budget_s, fixed, costs, experiment=exp.name)
     planned = fixed + sum(c.fixed_seconds + chosen[c.phase] * c.epoch_seconds for c in costs)
     return BudgetInfo(
@@ -78,6 +89,19 @@ def plan_epochs(
         fixed_seconds=round(fixed + sum(c.fixed_seconds for c in costs), 1),
         planned_seconds=round(planned, 1),
     )
+
+
+def _without_kept_trace(measured: dict[str, tuple[PhaseCost, StepTiming]]) -> list[PhaseCost]:
+    """The phase costs, less the training trace that fit keeps from the warm-up: the model stays
+    compiled for the last phase timed on it, and when that is the only phase trained on the model
+    itself (not on a cache), its fit keeps the traced step (trainer.compile_or_retime)."""
+    on_model = [phase for phase, (_, timing) in measured.items() if timing.fit_step]
+    costs = []
+    for phase, (cost, timing) in measured.items():
+        if on_model == [phase]:
+            cost = replace(cost, fixed_seconds=max(cost.fixed_seconds - timing.trace_seconds, 0.0))
+        costs.append(cost)
+    return costs
 
 
 def with_chosen_epochs(exp: ExperimentConfig, decision: BudgetInfo | None) -> ExperimentConfig:
@@ -113,11 +137,11 @@ def _phase_cost(
     if phase == FINE_TUNE:
         ft = exp.training.fine_tune
         unfreeze(model, ft.unfreeze_blocks, ft.unfreeze_layers)
-        cfg, max_epochs = _fine_tune_optimizer(exp), ft.epochs
+        cfg, max_epochs = fine_tune_config(exp), ft.epochs
     elif phase == HEAD:
         model.get_layer("base").trainable = False
     steps = steps_for(data.num_train, data.batch_size)
-    timing = _time_training(model, _batches(data.make("train", True)), cfg, steps, limit)
+    timing = _time_fit(model, data, cfg, steps, limit)
     # An epoch: its training steps, the validation pass, a backup and (when better) a best checkpoint.
     epoch = steps * timing.seconds + num_val / inference.timing.images_per_second + 2 * inference.save_seconds
     # fit traces its own training and validation steps again, and once more for a smaller last batch.
@@ -163,7 +187,7 @@ def _trunk_cached_fine_tune_cost(
     labels = keras.utils.to_categorical(np.arange(data.batch_size) % classes, classes).astype(np.float32)
     steps = steps_for(data.num_train, data.batch_size)
     batch = (stand_in[0] if len(stand_in) == 1 else stand_in, labels)
-    timing = _time_training(split.top, _repeat(batch), _fine_tune_optimizer(exp), steps, limit)
+    timing = _time_training(split.top, _repeat(batch), fine_tune_config(exp), steps, limit)
     # A validation step (forward only) costs at most a training step.
     epoch = (steps + steps_for(num_val, data.batch_size)) * timing.seconds + 2 * inference.save_seconds
     views = trunk_views(exp)
@@ -177,16 +201,9 @@ def _traces(examples: int, batch_size: int) -> int:
     return 1 + (examples > batch_size and examples % batch_size != 0)
 
 
-def _fine_tune_optimizer(exp: ExperimentConfig) -> TrainingConfig:
-    """The optimizer and loss phase 2 trains with (as triptych.training.phases sets them up)."""
-    ft = exp.training.fine_tune
-    return TrainingConfig(epochs=ft.epochs, optimizer=ft.optimizer, learning_rate=ft.learning_rate, weight_decay=0.0,
-                          schedule="constant", label_smoothing=exp.training.label_smoothing)
-
-
 def _after_training_seconds(inference: Inference, num_test: int) -> float:
-    """Evaluation and extras: model.keras, the test predictions, profile.json, Grad-CAM (which
-    loads the saved model and traces its gradient pass)."""
+    """Evaluation and extras: model.keras, the test predictions (``num_test`` images, each test-time
+    view counted), profile.json, Grad-CAM (which loads the saved model)."""
     speed = inference.timing.images_per_second
     saves_and_loads = 4 * inference.save_seconds
     return (num_test + PROFILE_IMAGES) / speed + saves_and_loads + 2 * inference.timing.trace_seconds
@@ -207,6 +224,41 @@ def _time_training(model: keras.Model, batches: Iterator, cfg: TrainingConfig, s
                    limit: float) -> StepTiming:
     compile_model(model, cfg, steps_per_epoch)
     return _time_steps(lambda batch: model.train_on_batch(batch[0], batch[1]), batches, limit)
+
+
+def _time_fit(model: keras.Model, data: PhaseData, cfg: TrainingConfig, steps_per_epoch: int, limit: float) -> StepTiming:
+    """A few steps of ``model.fit`` on the phase's own training data, as its fit will run them, so
+    that the fit keeps the training step traced here (trainer.compile_or_retime); the optimizer's
+    state is then put back as compiling left it. Under a distribution strategy every worker runs
+    all the steps (a worker stopping early would leave the others' collectives waiting)."""
+    compile_model(model, cfg, steps_per_epoch)
+    model.optimizer.build(model.trainable_variables)
+    fresh = [variable.numpy() for variable in model.optimizer.variables]
+    timer = _StepTimer(limit, stop_early=not tf.distribute.has_strategy())
+    dataset = without_autotune_wait(data.make("train", True).repeat())  # as fit's, which traces per dataset spec
+    model.fit(dataset, steps_per_epoch=1 + WARMUP_STEPS, epochs=1, verbose=0, callbacks=[timer],
+              class_weight=data.class_weight)
+    for variable, value in zip(model.optimizer.variables, fresh, strict=True):
+        variable.assign(value)
+    first, timed = timer.times[0], timer.times[1:]
+    mean = statistics.fmean(timed)
+    return StepTiming(mean, max(first - mean, 0.0), data.batch_size * len(timed) / sum(timed), fit_step=True)
+
+
+class _StepTimer(keras.callbacks.Callback):
+    """Each training step's wall time; stops the fit once the steps after the first took ``limit``."""
+
+    def __init__(self, limit: float, stop_early: bool):
+        super().__init__()
+        self.limit, self.stop_early, self.times = limit, stop_early, []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self._started)
+        if self.stop_early and len(self.times) > 1 and sum(self.times[1:]) >= self.limit:
+            self.model.stop_training = True
 
 
 def _time_steps(step, batches: Iterator, limit: float) -> StepTiming:

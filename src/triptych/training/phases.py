@@ -111,7 +111,7 @@ def _fine_tune(
         load_model_weights(model, run.best_weights)  # start from the best head
     count = unfreeze(model, ft.unfreeze_blocks, ft.unfreeze_layers)
     log(f"[{exp.name}] fine-tune: {count} backbone layers unfrozen (BatchNorm stays frozen), lr {ft.learning_rate:g}")
-    cfg = _fine_tune_config(exp)
+    cfg = fine_tune_config(exp)
     files = _files(run, FINE_TUNE)
     steps = steps_for(data.num_train, data.batch_size)
     offset = _epochs_before(run, FINE_TUNE)
@@ -127,7 +127,8 @@ def _fine_tune(
     return info
 
 
-def _fine_tune_config(exp: ExperimentConfig) -> TrainingConfig:
+def fine_tune_config(exp: ExperimentConfig) -> TrainingConfig:
+    """What phase 2 trains with: ``fine_tune``'s optimizer, a constant learning rate, early stopping."""
     ft = exp.training.fine_tune
     return TrainingConfig(
         epochs=ft.epochs,

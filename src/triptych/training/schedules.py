@@ -1,37 +1,81 @@
-"""Learning-rate schedules with linear warm-up, built on Keras's own schedules."""
+"""Learning-rate schedules with linear warm-up: ``cosine`` (to 0 at the last step), ``step``
+(divide by 10 at ``step_epochs``) or ``constant``.
+
+A schedule's length (epochs, warm-up, step epochs) lives in variables, not in the traced training
+step: a time budget chooses the epochs after a warm-up has compiled the model and traced its step
+(:mod:`triptych.training.budget_plan`), and :meth:`EpochSchedule.retime` then fits the schedule to
+them. Compiling again would trace the step again, which costs as much as 55 s for DenseNet-121 on a
+2-core CPU (``benchmarks/trace_cost.py``).
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import keras
 from keras import ops
 
+KINDS = ("cosine", "step", "constant")
+
 
 @keras.saving.register_keras_serializable(package="triptych")
-class Warmup(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from ~0 to ``target`` over ``warmup_steps``, then ``after`` (shifted by the warm-up)."""
+class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """The learning rate at each training step, for ``epochs`` of ``steps_per_epoch`` steps:
+    linear warm-up from ~0 to ``learning_rate`` over ``warmup_epochs``, then ``kind``'s decay.
 
-    def __init__(self, target: float, warmup_steps: int, after: keras.optimizers.schedules.LearningRateSchedule):
-        self.target = float(target)
-        self.warmup_steps = int(warmup_steps)
-        self.after = after
+    - ``cosine``: ``0.5 * lr * (1 + cos(pi * t / T))`` over the steps after the warm-up (as
+      ``keras.optimizers.schedules.CosineDecay`` with ``alpha=0``);
+    - ``step``: ``lr * 0.1**k`` after the k-th of ``step_epochs`` (as ``PiecewiseConstantDecay``);
+    - ``constant``: ``lr``.
+    """
+
+    def __init__(self, kind: str, learning_rate: float, steps_per_epoch: int, epochs: int,
+                 warmup_epochs: float = 0.0, step_epochs: Sequence[int] = ()):
+        if kind not in KINDS:
+            raise ValueError(f"unknown schedule {kind!r}; expected one of {', '.join(KINDS)}")
+        self.kind = kind
+        self.learning_rate = float(learning_rate)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.slots = len(step_epochs)  # boundaries the variables hold; a retimed schedule may use fewer
+        self._warmup_steps = keras.Variable(0.0, dtype="float32", trainable=False, name="warmup_steps")
+        self._decay_steps = keras.Variable(1.0, dtype="float32", trainable=False, name="decay_steps")
+        self._boundaries = keras.Variable([math.inf] * max(self.slots, 1), dtype="float32", trainable=False,
+                                          name="boundaries")
+        # 0.1**k for k boundaries passed, as Python floats: the same float32 values as PiecewiseConstantDecay's.
+        self._values = [self.learning_rate * 0.1**k for k in range(max(self.slots, 1) + 1)]
+        self.retime(epochs, warmup_epochs, step_epochs)
+
+    def retime(self, epochs: int, warmup_epochs: float = 0.0, step_epochs: Sequence[int] = ()) -> None:
+        """The same schedule over ``epochs`` (and this warm-up and these step epochs)."""
+        if len(step_epochs) > self.slots:
+            raise ValueError(f"this schedule holds {self.slots} step epoch(s), got {list(step_epochs)}")
+        self.epochs, self.warmup_epochs, self.step_epochs = int(epochs), float(warmup_epochs), list(step_epochs)
+        warmup = int(round(warmup_epochs * self.steps_per_epoch))
+        boundaries = [max(e * self.steps_per_epoch - warmup, 0) for e in sorted(step_epochs)]
+        self._warmup_steps.assign(float(warmup))
+        self._decay_steps.assign(float(max(self.steps_per_epoch * epochs - warmup, 1)))
+        self._boundaries.assign([float(b) for b in boundaries] + [math.inf] * (max(self.slots, 1) - len(boundaries)))
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
-        warm = self.target * (step + 1.0) / float(max(self.warmup_steps, 1))
-        return ops.where(step < self.warmup_steps, warm, self.after(step - self.warmup_steps))
+        warmup = ops.convert_to_tensor(self._warmup_steps)
+        warm = self.learning_rate * (step + 1.0) / ops.maximum(warmup, 1.0)
+        return ops.where(step < warmup, warm, self._after_warmup(step - warmup))
 
-    def get_config(self):
-        return {
-            "target": self.target,
-            "warmup_steps": self.warmup_steps,
-            "after": keras.saving.serialize_keras_object(self.after),
-        }
+    def _after_warmup(self, step):
+        if self.kind == "cosine":
+            decay = ops.convert_to_tensor(self._decay_steps)
+            done = ops.minimum(step, decay) / decay
+            return self.learning_rate * 0.5 * (1.0 + ops.cos(math.pi * done))
+        if self.kind == "step":
+            passed = ops.sum(ops.cast(step > ops.convert_to_tensor(self._boundaries), "int32"))
+            return ops.take(ops.convert_to_tensor(self._values, dtype="float32"), passed)
+        return ops.ones_like(step) * self.learning_rate
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["after"] = keras.saving.deserialize_keras_object(config["after"])
-        return cls(**config)
+    def get_config(self) -> dict:
+        return {"kind": self.kind, "learning_rate": self.learning_rate, "steps_per_epoch": self.steps_per_epoch,
+                "epochs": self.epochs, "warmup_epochs": self.warmup_epochs, "step_epochs": self.step_epochs}
 
 
 def make_schedule(
@@ -42,26 +86,15 @@ def make_schedule(
     warmup_epochs: float = 0,
     step_epochs: list[int] | None = None,
 ):
-    """``cosine`` (to 0 at the last step), ``step`` (divide by 10 at ``step_epochs``) or ``constant``."""
-    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-    total_steps = max(steps_per_epoch * epochs - warmup_steps, 1)
-    if kind == "cosine":
-        after = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps)
-    elif kind == "step":
-        boundaries = [max(e * steps_per_epoch - warmup_steps, 0) for e in sorted(step_epochs or [])]
-        values = [learning_rate * 0.1**i for i in range(len(boundaries) + 1)]
-        if not boundaries:
-            return learning_rate if not warmup_steps else Warmup(learning_rate, warmup_steps, _constant(learning_rate))
-        after = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    elif kind == "constant":
-        if not warmup_steps:
-            return learning_rate
-        after = _constant(learning_rate)
-    else:
-        raise ValueError(f"unknown schedule {kind!r}")
-    return Warmup(learning_rate, warmup_steps, after) if warmup_steps else after
+    """``kind``'s :class:`EpochSchedule`, or the plain ``learning_rate`` for a constant one without warm-up
+    (it does not depend on the epochs)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown schedule {kind!r}; expected one of {', '.join(KINDS)}")
+    if is_constant(kind, steps_per_epoch, warmup_epochs):
+        return learning_rate
+    return EpochSchedule(kind, learning_rate, steps_per_epoch, epochs, warmup_epochs, step_epochs or [])
 
 
-def _constant(learning_rate: float):
-    # PiecewiseConstantDecay with one value is Keras's serialisable constant schedule.
-    return keras.optimizers.schedules.PiecewiseConstantDecay([0], [learning_rate, learning_rate])
+def is_constant(kind: str, steps_per_epoch: int, warmup_epochs: float) -> bool:
+    """Whether ``make_schedule`` gives a plain learning rate: constant, with no warm-up step."""
+    return kind == "constant" and not int(round(warmup_epochs * steps_per_epoch))

@@ -123,3 +123,25 @@ def test_a_trunk_cached_fine_tune_is_costed_on_the_top_and_pays_the_trunk_only_i
     build_s = (20 + 6) / 100.0 if builds_trunk else 0.0  # one clean view of 20 train + 6 val images
     assert cost.fixed_seconds == pytest.approx(build_s + (2 + 1) * 2.0)  # 20 % 8 != 0: a second train trace
     assert cost.max_epochs == 3
+
+
+def test_training_after_the_warm_up_keeps_the_step_it_traced(tmp_path):
+    """The warm-up times model.fit on the phase's own data and puts the optimizer back as compiled:
+    the run's fit then trains from step 0 without tracing its training step again."""
+    from triptych.training.phases import TRAIN
+    from triptych.training.test_trainer import _CountsTraces
+    from triptych.training.trainer import RunFiles, fit
+
+    counter = _CountsTraces()
+    inputs = keras.Input((32, 32, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(counter(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(pooled))
+    exp, data = experiment(fine_tune=None, schedule="cosine", warmup_epochs=1), random_data()
+    decision = plan_epochs(exp, model, data, [TRAIN], budget_s=3600, spent_s=0.0, num_val=6, num_test=6)
+    traced = counter.traces
+    assert traced >= 1 and int(model.optimizer.iterations.numpy()) == 0
+    files = RunFiles(tmp_path / "h.csv", tmp_path / "best.weights.h5", tmp_path / "backup", tmp_path / "tb")
+    fit(model, data.make("train", True), data.make("val", False), with_chosen_epochs(exp, decision).training, files,
+        steps_per_epoch=3, verbose=0)
+    assert counter.traces == traced
+    assert int(model.optimizer.iterations.numpy()) == 3 * decision.chosen_epochs[TRAIN]

@@ -107,3 +107,53 @@ def test_class_weight_reaches_the_loss(tmp_path):
     plain = _model()
     fit(plain, train, val, _config(momentum=0.0), _files(tmp_path / "p"), steps_per_epoch=3, verbose=0)
     assert _differ(_weights(plain), before)
+
+
+class _CountsTraces(keras.layers.Layer):
+    """Counts how often the training step is traced: Python in ``call`` runs only while tracing."""
+
+    def __init__(self):
+        super().__init__()
+        self.traces = 0
+
+    def call(self, x, training=None):
+        if training:
+            self.traces += 1
+        return x
+
+
+def test_fit_keeps_the_training_step_of_a_model_compiled_for_other_epochs(tmp_path):
+    """A budget's warm-up compiles and traces for the configured epochs; fit for the chosen epochs
+    retimes the schedule instead of compiling (and tracing) again, and trains on that schedule."""
+    from triptych.training.trainer import compile_model
+
+    train, val = _data()
+    counter = _CountsTraces()
+    inputs = keras.Input((FEATURES,))
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES, activation="softmax")(counter(inputs)))
+    cfg = _config(epochs=8, schedule="cosine", warmup_epochs=2)
+    compile_model(model, cfg, steps_per_epoch=3)
+    model.fit(train.repeat(), steps_per_epoch=2, epochs=1, verbose=0)  # the warm-up's trace
+    for variable in model.optimizer.variables:  # what the warm-up puts back
+        variable.assign(np.zeros(variable.shape, variable.dtype))
+    traced = counter.traces
+    assert traced >= 1
+
+    chosen = _config(epochs=2, schedule="cosine", warmup_epochs=0.5)
+    fit(model, train, val, chosen, _files(tmp_path), steps_per_epoch=3, verbose=0)
+    assert counter.traces == traced
+    logged = pd.read_csv(tmp_path / "history.csv")["learning_rate"].to_numpy()
+    expected = [float(keras.optimizers.schedules.CosineDecay(0.5, decay_steps=6 - 2)(step - 2)) for step in (3, 6)]
+    np.testing.assert_allclose(logged, expected, rtol=1e-5)
+
+
+def test_fit_compiles_again_when_the_model_has_trained_or_its_training_changed(tmp_path):
+    train, val = _data()
+    counter = _CountsTraces()
+    inputs = keras.Input((FEATURES,))
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES, activation="softmax")(counter(inputs)))
+    counts = []
+    for name, cfg in (("a", _config()), ("b", _config()), ("c", _config(learning_rate=0.1))):  # b: has trained
+        fit(model, train, val, cfg, _files(tmp_path / name), steps_per_epoch=3, verbose=0)
+        counts.append(counter.traces)
+    assert counts[0] < counts[1] < counts[2]

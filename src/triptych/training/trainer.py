@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,16 +19,21 @@ from triptych.training.backup import EpochBackup
 from triptych.training.callbacks import BestCheckpoint, HistoryWriter
 from triptych.training.distribute import sync_batchnorm_callbacks
 from triptych.training.ema import ema_callbacks
-from triptych.training.schedules import make_schedule
+from triptych.training.schedules import EpochSchedule, is_constant, make_schedule
 
 # BatchNorm scale/shift and biases are not decayed (Goyal et al. 2017; timm does the same).
 NO_DECAY_VARIABLES = ["gamma", "beta", "bias"]
 
 
 def make_optimizer(cfg: TrainingConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    lr = make_schedule(
-        cfg.schedule, cfg.learning_rate, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.step_epochs
-    )
+    return _optimizer(cfg, _schedule(cfg, steps_per_epoch))
+
+
+def _schedule(cfg: TrainingConfig, steps_per_epoch: int):
+    return make_schedule(cfg.schedule, cfg.learning_rate, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.step_epochs)
+
+
+def _optimizer(cfg: TrainingConfig, lr) -> keras.optimizers.Optimizer:
     weight_decay = cfg.weight_decay or None
     ema = {"use_ema": True, "ema_momentum": cfg.ema_momentum} if cfg.ema else {}
     if cfg.optimizer == "sgd":
@@ -43,13 +49,55 @@ def make_optimizer(cfg: TrainingConfig, steps_per_epoch: int) -> keras.optimizer
     return optimizer
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    key: tuple  # what the compiled training step depends on (_compile_key)
+    schedule: object  # the optimizer's EpochSchedule, or a float learning rate
+
+
+# What each model was last compiled for by compile_model. A model is the key: per-object state that
+# dies with the model, so that fit can tell a model a budget warm-up compiled (and traced) for it.
+_compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def compile_model(model: keras.Model, cfg: TrainingConfig, steps_per_epoch: int) -> None:
+    schedule = _schedule(cfg, steps_per_epoch)
     model.compile(
-        optimizer=make_optimizer(cfg, steps_per_epoch),
+        optimizer=_optimizer(cfg, schedule),
         # float32 under mixed precision too; with fp16 Keras wraps the optimizer in a LossScaleOptimizer.
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing, dtype="float32"),
         metrics=["accuracy"],
     )
+    _compiled[model] = _Compiled(_compile_key(model, cfg, steps_per_epoch), schedule)
+
+
+def compile_or_retime(model: keras.Model, cfg: TrainingConfig, steps_per_epoch: int) -> bool:
+    """Compile ``model`` for ``cfg``; or, when it is compiled for the same training but other epochs
+    and its optimizer has not taken a step (as a budget's warm-up leaves it), fit the schedule to
+    ``cfg``'s epochs instead, so that ``fit`` keeps the training step the warm-up traced (a trace
+    costs up to a minute on a CPU). True when it was retimed, not compiled."""
+    compiled = _compiled.get(model)
+    optimizer = getattr(model, "optimizer", None)
+    reusable = (
+        compiled is not None and optimizer is not None and compiled.key == _compile_key(model, cfg, steps_per_epoch)
+        and int(optimizer.iterations.numpy()) == 0
+        and (not isinstance(compiled.schedule, EpochSchedule) or len(cfg.step_epochs) <= compiled.schedule.slots)
+    )
+    if not reusable:
+        compile_model(model, cfg, steps_per_epoch)
+        return False
+    if isinstance(compiled.schedule, EpochSchedule):
+        compiled.schedule.retime(cfg.epochs, cfg.warmup_epochs, cfg.step_epochs)
+    return True
+
+
+def _compile_key(model: keras.Model, cfg: TrainingConfig, steps_per_epoch: int) -> tuple:
+    """Everything the compiled step depends on but the schedule's length: the optimizer and loss, the
+    schedule's kind, and which variables train."""
+    optimizer = cfg.model_dump(include={"optimizer", "learning_rate", "momentum", "nesterov", "weight_decay",
+                                        "schedule", "label_smoothing", "ema", "ema_momentum"})
+    constant = is_constant(cfg.schedule, steps_per_epoch, cfg.warmup_epochs)
+    return (tuple(sorted(optimizer.items())), constant, steps_per_epoch, tuple(v.path for v in model.trainable_variables))
 
 
 @dataclass(frozen=True)
@@ -83,7 +131,7 @@ def fit(
     With ``cfg.ema`` the validation, the best checkpoint and the final weights are the
     weights' moving average. ``class_weight`` (``{class index: weight}``) weights the training loss.
     """
-    compile_model(model, cfg, steps_per_epoch)
+    compile_or_retime(model, cfg, steps_per_epoch)
     best = BestCheckpoint(files.best_weights, monitor=monitor, epoch_offset=epoch_offset, save_model=save_model)
     ema_in, ema_out = ema_callbacks(cfg.ema)
     callbacks: list[keras.callbacks.Callback] = [
