@@ -55,20 +55,25 @@ class GradCamModel:
     model: Any  # keras.Model with outputs [features, penultimate, probabilities]
     layer: str  # human-readable name of the explained layer, e.g. "base" or "stage4_block2_out"
     logits_from: Any | None  # the final Dense layer when its softmax can be undone for logits
+    # Traced (once, for every batch size) to explain many images; eager for a few of one size, where
+    # the trace would cost more than it saves (benchmarks/trace_cost.py: DENSENET_NOTE).
+    traced: bool = True
 
     def __post_init__(self):
-        # One trace for every batch size (the signature leaves the batch open): called eagerly, layers
-        # that Keras runs as their own tf.function (grouped convolutions, e.g. ConvNeXt's) were traced
-        # again on every call, and TensorFlow's retracing warnings reached the user's log.
+        # One trace for every batch size (the signature leaves the batch open): called eagerly with
+        # batches of changing sizes, layers that Keras runs as their own tf.function (grouped
+        # convolutions, e.g. ConvNeXt's) were traced again on every new size, and TensorFlow's
+        # retracing warnings reached the user's log.
         signature = [tf.TensorSpec(self.model.inputs[0].shape, tf.float32), tf.TensorSpec([None], tf.int32)]
-        self._traced = tf.function(self._feature_maps_and_gradients, input_signature=signature)
+        step = self._feature_maps_and_gradients
+        self._step = tf.function(step, input_signature=signature) if self.traced else step
 
     def __call__(self, batch: np.ndarray, class_indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Heat maps (n, h, w) in [0, 1] at feature-map resolution, and the probabilities (n, k)."""
         x = tf.convert_to_tensor(batch, dtype=tf.float32)
         # -1: the predicted class (one signature for both cases, so no second trace).
         chosen = np.full(len(batch), -1) if class_indices is None else np.asarray(class_indices)
-        features, grads, probs = self._traced(x, tf.convert_to_tensor(chosen, dtype=tf.int32))
+        features, grads, probs = self._step(x, tf.convert_to_tensor(chosen, dtype=tf.int32))
         weights = tf.reduce_mean(grads, axis=(1, 2))  # (n, channels)
         cams = tf.nn.relu(tf.einsum("nhwc,nc->nhw", features, weights)).numpy()
         peak = cams.reshape(len(cams), -1).max(axis=1)
@@ -115,10 +120,11 @@ def find_target_layer(model) -> str:
     raise InvalidArgumentError(f"{model.name}: no convolutional layer found for Grad-CAM; name one with layer=NAME")
 
 
-def build_gradcam_model(model, layer: str | None = None) -> GradCamModel:
+def build_gradcam_model(model, layer: str | None = None, *, traced: bool = True) -> GradCamModel:
     """The gradient model for ``layer`` (default: :func:`find_target_layer`).
 
     ``layer`` may also name a layer inside a nested backbone (``conv5_block16_concat``).
+    ``traced=False`` runs it eagerly: cheaper for a few images of one batch size.
     """
     name = layer or find_target_layer(model)
     final = model.layers[-1]
@@ -126,11 +132,11 @@ def build_gradcam_model(model, layer: str | None = None) -> GradCamModel:
     if name in [l.name for l in model.layers] and not isinstance(model.get_layer(name), keras.Model):
         target = _feature_map_layer(model, name)
         grad_model = keras.Model(model.inputs, [target.output, final.input, model.outputs[0]])
-        return GradCamModel(grad_model, name, logits_from)
+        return GradCamModel(grad_model, name, logits_from, traced)
     # The target is a nested model, or a layer inside one: rebuild the graph through it.
     base, inner_name = _locate_nested(model, name)
     grad_model = _through_nested(model, base, inner_name)
-    return GradCamModel(grad_model, name if inner_name is None else f"{base.name}/{inner_name}", logits_from)
+    return GradCamModel(grad_model, name if inner_name is None else f"{base.name}/{inner_name}", logits_from, traced)
 
 
 def _feature_map_layer(model, name: str):
@@ -315,7 +321,7 @@ def gradcam_for_run(
     mistakes = _confident_mistakes(run_dir / "predictions.csv")
     loaded = load(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / GRADCAM_DIR
-    gradcam = build_gradcam_model(loaded.model, layer)
+    gradcam = build_gradcam_model(loaded.model, layer, traced=False)  # n images, one at a time
     _remove_ranked_overlays(out_dir)
     chosen: list[tuple[str, str, str, float, str]] = []
     for _, row in mistakes.iterrows():

@@ -107,7 +107,7 @@ def test_calls_of_any_batch_size_trace_once_and_cause_no_retracing_warning():
             assert cams.shape == (batch, 16, 16) and probs.shape == (batch, 3)
     finally:
         tf.get_logger().removeHandler(handler)
-    assert gradcam._traced.experimental_get_tracing_count() == 1  # one trace for every batch size
+    assert gradcam._step.experimental_get_tracing_count() == 1  # one trace for every batch size
     # TensorFlow counts traces per function's code, across instances: earlier tests' GradCamModels
     # may add up to a warning about ours, never about Keras's grouped convolution any more.
     assert not [m for m in messages if "retracing" in m and "_conv_xla" in m], messages
@@ -129,6 +129,16 @@ def test_bf16_model_scores_in_float32_without_the_deprecated_sparse_matmul(monke
     cams, probs = build_gradcam_model(model)(np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32))
     assert cams.shape == (2, 4, 4) and np.isfinite(cams).all()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-2)
+
+
+def test_eager_and_traced_grad_cam_give_the_same_maps():
+    """gradcam_for_run explains its few mistakes eagerly (no trace to pay): the same maps as traced."""
+    model = build("resnet18", 3, (32, 32, 3), stem="cifar")
+    batch = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
+    traced, eager = build_gradcam_model(model), build_gradcam_model(model, traced=False)
+    assert not eager.traced
+    for expected, got in zip(traced(batch, np.array([0, 1, 2])), eager(batch, np.array([0, 1, 2])), strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch, size, feature_size", [("densenet121", 64, 2), ("xception", 71, 3)])
