@@ -55,8 +55,8 @@ class GradCamModel:
     model: Any  # keras.Model with outputs [features, penultimate, probabilities]
     layer: str  # human-readable name of the explained layer, e.g. "base" or "stage4_block2_out"
     logits_from: Any | None  # the final Dense layer when its softmax can be undone for logits
-    # Traced (once, for every batch size) to explain many images; eager for a few of one size, where
-    # the trace would cost more than it saves (benchmarks/trace_cost.py: DENSENET_NOTE).
+    # Traced (once, for every batch size) to explain many images; eager for a run's few mistakes,
+    # where the trace of the gradient pass would be paid for a handful of images.
     traced: bool = True
 
     def __post_init__(self):
