@@ -153,7 +153,7 @@ def test_a_budget_cannot_apply_to_multiworker_training():
     assert check_budget(_config(), "2m") == 120 and check_budget(_config(), None) is None
 
 
-@pytest.mark.parametrize(("name", "seconds"), [("demo.yaml", 900), ("artstyle_cpu.yaml", 5400)])
+@pytest.mark.parametrize(("name", "seconds"), [("demo.yaml", 600), ("artstyle_cpu.yaml", 5400)])
 def test_the_shipped_budgeted_configs_leave_xception_a_share(name, seconds):
     from pathlib import Path
 
