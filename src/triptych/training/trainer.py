@@ -68,7 +68,29 @@ def compile_model(model: keras.Model, cfg: TrainingConfig, steps_per_epoch: int)
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing, dtype="float32"),
         metrics=["accuracy"],
     )
+    _build_loss_and_metrics(model)
     _compiled[model] = _Compiled(_compile_key(model, cfg, steps_per_epoch), schedule)
+
+
+def _build_loss_and_metrics(model: keras.Model) -> None:
+    """Create the compiled loss's and metrics' variables now, from the model's input and output specs.
+
+    Why: without a distribution strategy Keras creates them inside the first traced training step,
+    and a tf.function that creates variables is traced twice. Measured on 2 cores (AMD EPYC, bf16,
+    DenseNet-121 at 64 px, batch 30): the first ``fit`` step took 39.9 s with the second trace, 30.7 s
+    without. Under a strategy Keras builds them itself before tracing (``_maybe_symbolic_build``).
+    """
+    if getattr(model, "_distribute_strategy", None) is not None or not hasattr(model, "_symbolic_build"):
+        return
+    try:
+        inputs = [keras.KerasTensor(tensor.shape, tensor.dtype) for tensor in model.inputs]
+        outputs = model.outputs
+    except (AttributeError, ValueError):  # a subclassed or unbuilt model: Keras builds them when tracing
+        return
+    if len(outputs) != 1:
+        return
+    targets = keras.KerasTensor(outputs[0].shape, "float32")
+    model._symbolic_build(data_batch=(inputs[0] if len(inputs) == 1 else inputs, targets, None))
 
 
 def compile_or_retime(model: keras.Model, cfg: TrainingConfig, steps_per_epoch: int) -> bool:
