@@ -344,7 +344,7 @@ def train_and_evaluate(
     )
 
     inputs = phase_data(exp, data.splits, built, seed)
-    record.budget = plan_budget(exp, built, inputs, data.splits, record.budget, started, seed, log)
+    record.budget = plan_budget(exp, built, inputs, data.splits, record.budget, started, log)
     run.write_record(record)
     exp = with_chosen_epochs(exp, record.budget)  # the configured epochs are upper limits
     record.recipe = recipe_info(exp, data.splits, inputs.augment)
@@ -516,7 +516,7 @@ def _train_pool(source, splits: Splits, bad: list) -> list[str] | None:
 
 def plan_budget(
     exp: ExperimentConfig, built: BuiltModel, inputs: PhaseData, splits: Splits, decided: BudgetInfo | None,
-    started: float, seed: int, log: Log,
+    started: float, log: Log,
 ) -> BudgetInfo | None:
     """The epochs that fit ``training.time_budget`` (None without one): measured by a warm-up on
     this machine, or, resuming, the decision of the first session (never measured again)."""
@@ -529,7 +529,6 @@ def plan_budget(
     phases = plan_phases(exp.training, built.frozen_base)
     decision = plan_epochs(exp, built.model, inputs, phases, budget_s=seconds, spent_s=time.time() - started,
                            num_val=len(splits.val), num_test=len(splits.test))
-    keras.utils.set_random_seed(seed)  # the warm-up drew random numbers: training starts as it would without it
     log(f"[{exp.name}] {describe(decision)}")
     return decision
 

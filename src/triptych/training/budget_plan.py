@@ -10,6 +10,7 @@ starts where it would have without a budget.
 
 from __future__ import annotations
 
+import random
 import statistics
 import tempfile
 import time
@@ -294,15 +295,23 @@ def _repeat(batch) -> Iterator:
 
 @contextmanager
 def _state_kept(model: keras.Model):
-    """Weights (BatchNorm statistics included) and trainable flags as they were before the warm-up."""
-    weights = model.get_weights()
+    """Variables (weights, BatchNorm statistics, dropout's random state), trainable flags and the
+    Python and NumPy random states as they were before the warm-up, so that training starts as it
+    would have without it. Restored rather than seeded again: ``tf.random.set_seed`` clears
+    TensorFlow's kernel cache, and the first training step then pays its graph's set-up again
+    (measured: 17.8 s for DenseNet-121 at 64 px on 2 cores, AMD EPYC avx512_bf16)."""
+    values = [(variable, variable.numpy()) for variable in model.variables]
     flags = [(layer, layer.trainable) for layer in _layers(model)]
+    python_random, numpy_random = random.getstate(), np.random.get_state()
     try:
         yield
     finally:
         for layer, trainable in flags:  # outer layers first: setting a model's flag sets its layers' too
             layer.trainable = trainable
-        model.set_weights(weights)
+        for variable, value in values:
+            variable.assign(value)
+        random.setstate(python_random)
+        np.random.set_state(numpy_random)
 
 
 def _layers(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:

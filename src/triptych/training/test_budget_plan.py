@@ -71,6 +71,26 @@ def test_the_warm_up_leaves_weights_and_frozen_layers_as_they_were():
     assert set(decision.train_img_s) == {HEAD, FINE_TUNE} and decision.predict_img_s > 0
 
 
+def test_the_warm_up_leaves_dropout_and_the_random_states_as_they_were():
+    """Restored, not seeded again: training then starts as it would have without the warm-up."""
+    import random
+
+    from triptych.training.phases import TRAIN
+
+    inputs = keras.Input((32, 32, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Dropout(0.5)(pooled)))
+    before = [variable.numpy().copy() for variable in model.variables]
+    python_random, numpy_random = random.getstate(), np.random.get_state()[1].copy()
+    plan_epochs(experiment(fine_tune=None), model, random_data(), [TRAIN], budget_s=3600, spent_s=0.0,
+                num_val=6, num_test=6)
+    seed_states = [i for i, variable in enumerate(model.variables) if "seed_generator" in variable.path]
+    assert seed_states  # the dropout's random state is one of the variables compared
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, model.variables))
+    assert random.getstate() == python_random
+    assert np.array_equal(np.random.get_state()[1], numpy_random)
+
+
 def test_the_schedule_follows_the_chosen_epochs():
     exp = experiment(epochs=20, warmup_epochs=2, schedule="step", step_epochs=[10, 15])
     decision = plan_stub({"head": 5, FINE_TUNE: 2})
