@@ -258,6 +258,27 @@ def test_hash_cache_file_serves_a_new_process(messy, tmp_path, monkeypatch):
     assert cross_split_duplicates(splits, cache_file=cache) == first  # a damaged cache is rebuilt
 
 
+def test_the_split_guard_remembers_the_hashes_for_the_next_process(messy, tmp_path, monkeypatch):
+    from triptych.data.leakage import HASH_CACHE_FILE, guard_cross_split_duplicates
+    from triptych.data.sources import Examples
+    from triptych.data.splits import Splits
+
+    cats = sorted(str(p) for p in (messy / "cats").glob("cat?.jpg"))
+
+    def examples(ids):
+        return Examples(labels=np.zeros(len(ids), int), ids=np.array(ids, dtype=object))
+
+    splits = Splits(class_names=("cats",), train=examples(cats[:3]), val=examples(cats[3:4]), test=examples(cats[4:]))
+    monkeypatch.setenv("TRIPTYCH_CACHE", str(tmp_path))
+    audit.clear_cache()
+    first = guard_cross_split_duplicates(splits, "drop", "messy")
+    assert (tmp_path / HASH_CACHE_FILE).is_file()
+    audit.clear_cache()  # as if in the next experiment's process
+    monkeypatch.setattr(audit, "inspect_file", lambda *a, **k: pytest.fail("not cached"))
+    again = guard_cross_split_duplicates(splits, "drop", "messy")
+    assert list(again[0].test.ids) == list(first[0].test.ids) and again[1] == first[1]
+
+
 def test_audit_with_splits_and_train_test_layout(messy, tmp_path):
     files = sorted(str(p) for p in (messy / "cats").glob("*.jpg"))
     split = {"train": [f for f in files if "brighter" not in f], "test": [str(messy / "cats" / "cat1 brighter.jpg")]}
