@@ -650,7 +650,7 @@ def write_extras(run: RunDir, model: keras.Model, log: Log) -> None:
     except Exception as err:  # noqa: BLE001 - measuring must not lose a finished training
         log(f"[{run.name}] warning: could not measure the model ({err.__class__.__name__}: {err})")
     try:
-        gradcam_for_run(run.root, n=4)
+        gradcam_for_run(run.root, n=4, model=model)  # the model just saved as model.keras
     except Exception as err:  # noqa: BLE001
         log(f"[{run.name}] warning: no Grad-CAM ({err.__class__.__name__}: {err})")
 

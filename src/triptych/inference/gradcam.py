@@ -301,7 +301,8 @@ def _explain_batch(
 
 
 def gradcam_for_run(
-    run_dir: str | os.PathLike, n: int = 4, out_dir: str | os.PathLike | None = None, *, layer: str | None = None
+    run_dir: str | os.PathLike, n: int = 4, out_dir: str | os.PathLike | None = None, *, layer: str | None = None,
+    model: Any | None = None,
 ) -> list[tuple[str, str, str, float, str]]:
     """Grad-CAM overlays of the ``n`` most confident mistakes in ``run_dir/predictions.csv``.
 
@@ -310,6 +311,7 @@ def gradcam_for_run(
     and returns ``(path, true, pred, prob, overlay_png_path)`` tuples, most confident first.
     Fewer than ``n`` come back when the run made fewer mistakes (or some images are gone).
     The map explains the predicted (wrong) class: what the model looked at to get it wrong.
+    ``model``: the run's model already in memory (as ``model.keras`` holds it), to skip reading it.
     """
     if n < 1:
         raise InvalidArgumentError(f"n must be at least 1, got {n}")
@@ -319,7 +321,7 @@ def gradcam_for_run(
             f"{run_dir}: not a run directory; to explain a model file, name the images to explain"
         )
     mistakes = _confident_mistakes(run_dir / "predictions.csv")
-    loaded = load(run_dir)
+    loaded = load(run_dir, model=model)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / GRADCAM_DIR
     gradcam = build_gradcam_model(loaded.model, layer, traced=False)  # n images, one at a time
     _remove_ranked_overlays(out_dir)

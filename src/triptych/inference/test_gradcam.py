@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -198,6 +199,18 @@ def test_gradcam_for_run_picks_the_most_confident_mistakes(tiny_run):
     assert [item["overlay"] for item in index["items"]] == [c[4].rsplit("/", 1)[-1] for c in chosen]
     assert len(gradcam_for_run(tiny_run, n=10)) == 3  # only three mistakes in the run
     assert len(list((tiny_run / "gradcam").glob("*.png"))) == 3
+
+
+def test_gradcam_for_run_takes_the_model_in_memory_instead_of_reading_it(tiny_run, tmp_path, monkeypatch):
+    from triptych.inference import loading
+
+    from_file = gradcam_for_run(tiny_run, n=2, out_dir=tmp_path / "file")
+    model = loading.load_keras_model(tiny_run / "model.keras")
+    monkeypatch.setattr(loading, "load_keras_model", lambda path: pytest.fail("model.keras read again"))
+    in_memory = gradcam_for_run(tiny_run, n=2, out_dir=tmp_path / "memory", model=model)
+    assert [c[:4] for c in in_memory] == [c[:4] for c in from_file]
+    for a, b in zip(in_memory, from_file):
+        assert Path(a[4]).read_bytes() == Path(b[4]).read_bytes()
 
 
 def test_gradcam_for_run_refuses_what_the_cli_refuses(tiny_run, tmp_path):
