@@ -83,8 +83,7 @@ def _build_loss_and_metrics(model: keras.Model) -> None:
     if getattr(model, "_distribute_strategy", None) is not None or not hasattr(model, "_symbolic_build"):
         return
     try:
-        inputs = [keras.KerasTensor(tensor.shape, tensor.dtype) for tensor in model.inputs]
-        outputs = model.outputs
+        inputs, outputs = model.inputs, model.outputs  # symbolic already; Keras copies their specs
     except (AttributeError, ValueError):  # a subclassed or unbuilt model: Keras builds them when tracing
         return
     if len(outputs) != 1:
