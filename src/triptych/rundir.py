@@ -155,6 +155,9 @@ class RunRecord(_Record):
     best_epoch: int | None = None
     train_seconds: float | None = None  # the epochs in history.csv (every session) plus feature and trunk extraction
     predict_seconds: float | None = None
+    # How the test predictions were computed: "images" (through the whole model) or "trunk cache" (the
+    # fine-tuned top on the frozen trunk's float16 activations of the test images, see training.trunk_cache).
+    predicted_from: str | None = None
     peak_rss_mb: float | None = None
 
 

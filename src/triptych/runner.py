@@ -99,7 +99,7 @@ from triptych.training.distribute import (
     training_scope,
     worker_output_dir,
 )
-from triptych.training.phases import PhaseData, plan_phases, run_phase
+from triptych.training.phases import PhaseData, plan_phases, run_phase, trunk_test_probabilities
 from triptych.training.precision import PRECISIONS
 from triptych.training.precision_auto import resolve_precision
 from triptych.training.trainer import balanced_class_weights
@@ -352,8 +352,8 @@ def train_and_evaluate(
     record.best_epoch, record.train_seconds = result.best_epoch, result.train_seconds
     run.write_record(record)
 
-    evaluation = evaluate(run, exp, built.model, inputs, data.splits, result)
-    record.predict_seconds = evaluation.predict_seconds
+    evaluation = evaluate(run, exp, built, inputs, data.splits, result)
+    record.predict_seconds, record.predicted_from = evaluation.predict_seconds, evaluation.predicted_from
     run.write_record(record)
     write_extras(run, built.model, log)
     shutil.rmtree(run.backup_dir, ignore_errors=True)
@@ -582,17 +582,31 @@ def training_seconds(
 class Evaluation:
     metrics: dict  # as written to metrics.json
     predict_seconds: float
+    predicted_from: str  # PREDICTED_FROM_IMAGES or PREDICTED_FROM_TRUNK_CACHE
 
 
-def evaluate(run: RunDir, exp: ExperimentConfig, model: keras.Model, inputs: PhaseData, splits: Splits,
+PREDICTED_FROM_IMAGES = "images"  # the test images through the whole model
+PREDICTED_FROM_TRUNK_CACHE = "trunk cache"  # the fine-tuned top on the frozen trunk's cached activations
+
+
+def evaluate(run: RunDir, exp: ExperimentConfig, built: BuiltModel, inputs: PhaseData, splits: Splits,
              result: TrainResult) -> Evaluation:
     """The best epoch's model saved, its test predictions, and their metrics."""
+    model = built.model
     if run.best_weights.exists():
         load_model_weights(model, run.best_weights)
     save_for_inference(model, run.model)
     started = time.perf_counter()
-    predict = partial(predict_probabilities, model, strategy=exp.training.strategy)
-    probabilities = predict_with_tta(predict, inputs.make("test", False), exp.data.tta)
+    probabilities, predicted_from = None, PREDICTED_FROM_IMAGES
+    # Phase 2 trained the top on the trunk cache: its test images go through the same cache (kept for a
+    # rerun). Test-time augmentation and tf.distribute's sharded predict need the images themselves.
+    if result.trunk_cache is not None and exp.data.tta == "none" and exp.training.strategy == "default":
+        probabilities = trunk_test_probabilities(model, exp, inputs, built.weights_origin,
+                                                 test_fingerprint=fingerprint(splits.test), num_test=len(splits.test))
+        predicted_from = PREDICTED_FROM_IMAGES if probabilities is None else PREDICTED_FROM_TRUNK_CACHE
+    if probabilities is None:
+        predict = partial(predict_probabilities, model, strategy=exp.training.strategy)
+        probabilities = predict_with_tta(predict, inputs.make("test", False), exp.data.tta)
     predict_seconds = round(time.perf_counter() - started, 3)
     write_predictions(run, splits.test.ids, splits.test.labels, probabilities, splits.class_names)
     metrics = evaluate_run(
@@ -604,7 +618,7 @@ def evaluate(run: RunDir, exp: ExperimentConfig, model: keras.Model, inputs: Pha
             "train_seconds": round(result.train_seconds, 2),
         },
     )
-    return Evaluation(metrics, predict_seconds)
+    return Evaluation(metrics, predict_seconds, predicted_from)
 
 
 def predict_probabilities(model: keras.Model, dataset, strategy: str) -> np.ndarray:

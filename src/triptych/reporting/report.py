@@ -269,6 +269,7 @@ def _record_info(view: RunView) -> list[tuple[str, fmt.Cell]]:
         ("time budget", None if r.budget is None else budget.describe(r.budget)),
         *_recipe_rows(r.recipe),
         ("fine-tune", None if r.trunk_cache is None else _trunk_cache_text(r.trunk_cache)),
+        ("test predictions", _predicted_from_text(r.predicted_from)),
         ("started", r.started),
         ("ended", r.finished),
         ("git sha", r.git_sha),
@@ -314,6 +315,13 @@ def _trunk_cache_text(cache: TrunkCacheInfo) -> str:
     views = "1 clean view" if cache.views == 1 else f"{cache.views} augmented views"
     where = "reused from the cache" if cache.hit else f"computed in {cache.seconds:.1f} s"
     return f"on cached trunk activations ({views} a training image; {shape} {cache.dtype}, {where})"
+
+
+def _predicted_from_text(predicted_from: str | None) -> str | None:
+    if predicted_from != "trunk cache":
+        return None  # the ordinary way needs no note
+    return ("the fine-tuned top on the frozen trunk's cached float16 activations of the test images "
+            "(the same numbers as the whole model, up to float16 rounding)")
 
 
 def _profile_rows(profile: dict[str, Any] | None) -> list[tuple[str, fmt.Cell]]:

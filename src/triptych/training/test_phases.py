@@ -166,3 +166,29 @@ def test_plan_phases_follows_freeze_base_and_fine_tune(image_folder):
     assert phases.plan_phases(tuned, frozen_base=True) == ["head", "fine-tune"]
     assert phases.plan_phases(tuned, frozen_base=False) == ["train"]
     assert phases.plan_phases(tuned.model_copy(update={"fine_tune": None}), frozen_base=True) == ["head"]
+
+
+def test_test_predictions_on_the_trunk_cache_are_the_whole_models(tmp_path, image_folder, weights_file, monkeypatch):
+    """Phase 2 on the trunk cache: the test images go through the same cache (built on the first run,
+    read on the next), and their probabilities are model.keras's on the image files, up to float16."""
+    from triptych.inference.prediction import predict
+
+    monkeypatch.setenv("TRIPTYCH_CACHE", str(tmp_path / "cache"))
+    exp = experiment(image_folder, weights_file)
+    first = run_experiment(exp, tmp_path / "a", seed=0, log=lambda m: None)
+    assert first.read_record().predicted_from == "trunk cache"
+    assert len(list((tmp_path / "cache" / "trunk").glob("densenet121-*"))) == 3  # train, val and test
+    table = pd.read_csv(first.predictions)
+    classes = first.read_record().class_names
+    cached = table[[f"prob_{name}" for name in classes]].to_numpy()
+    results = predict(first.root, table["path"].tolist(), top_k=len(classes), progress=False)
+    whole = np.array([[{p["label"]: p["probability"] for p in r["top_k"]}[name] for name in classes] for r in results])
+    assert np.abs(cached - whole).max() <= 2e-3
+    assert (cached.argmax(1) == whole.argmax(1)).all()
+    second = run_experiment(exp, tmp_path / "b", seed=0, log=lambda m: None)
+    assert second.read_record().predicted_from == "trunk cache"
+    assert len(list((tmp_path / "cache" / "trunk").glob("densenet121-*"))) == 3  # read, not built again
+    # Without the cache (fine-tune on images) the test images go through the whole model.
+    off = exp.model_copy(update={"training": exp.training.model_copy(
+        update={"fine_tune": exp.training.fine_tune.model_copy(update={"trunk_cache": False})})})
+    assert run_experiment(off, tmp_path / "c", seed=0, log=lambda m: None).read_record().predicted_from == "images"

@@ -252,7 +252,15 @@ def pooled_features(split: TrunkSplit, arrays: TrunkArrays, batch_size: int) -> 
     """float32 pooled features of every cached row, in order: the frozen top blocks run on the
     cache instead of the whole backbone on the images (the head phase's features, at a fraction
     of their cost when phase 2 builds the same cache anyway)."""
-    forward = tf.function(lambda inputs: split.pooled(inputs, training=False))
+    return outputs_on_cache(split.pooled, arrays, batch_size)
+
+
+def outputs_on_cache(part: keras.Model, arrays: TrunkArrays, batch_size: int) -> np.ndarray:
+    """float32 outputs of ``part`` (a model reading the trunk tensors: ``split.top``, ``split.pooled``)
+    for every cached row, in order, in inference mode."""
+    # The batch size left open: a smaller last batch does not trace the part again.
+    specs = [tf.TensorSpec((None, *t.shape[1:]), tf.float32) for t in arrays.tensors]
+    forward = tf.function(lambda inputs: part(inputs, training=False), input_signature=[_single(specs)])
     rows = len(arrays.labels)
     batches = []
     for start in range(0, rows, batch_size):
