@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import time
+from datetime import datetime
 
 import pytest
 
 from conftest import write_image_folder
 
+from triptych import isolation
 from triptych.config import parse_config
 from triptych.errors import TriptychError
 from triptych.isolation import ExperimentCrashed
@@ -33,9 +37,46 @@ def test_peak_memory_is_per_experiment_not_inherited(cifar_mirror, tmp_path, mon
         _experiment("big", {"name": "resnet50", "options": {"stem": "imagenet"}}, 128, 8, 24),
         _experiment("tiny", {"name": "resnet18", "options": {"stem": "cifar"}}, 16, 4, 8),
     ]})
+    started = _record_process_starts(monkeypatch)
     runs = run_config(config, tmp_path / "out", RunOptions(report=False), log=lambda line: None)
     peaks = {run.name: json.loads(run.manifest.read_text())["peak_rss_mb"] for run in runs}
     assert peaks["tiny"] < peaks["big"] - 100, peaks
+    # The second experiment's process started while the first ran (its imports overlapped it), and no other.
+    big_finished = datetime.fromisoformat(json.loads(runs[0].manifest.read_text())["finished"]).timestamp()
+    assert len(started) == 2 and started[1][0] < big_finished
+    assert all(process.returncode == 0 for _, process in started)
+
+
+def _record_process_starts(monkeypatch) -> list[tuple[float, subprocess.Popen]]:
+    """(time, process) for each experiment process the parent starts."""
+    started = []
+    real = isolation._start_child
+
+    def recorded():
+        started.append((time.time(), real()))
+        return started[-1][1]
+
+    monkeypatch.setattr(isolation, "_start_child", recorded)
+    return started
+
+
+@pytest.mark.slow
+def test_a_failed_experiment_leaves_no_waiting_process_behind(tmp_path, monkeypatch):
+    """The next experiment's process, started ahead, is stopped when the run ends without it."""
+    folder = write_image_folder(tmp_path / "images", ["a", "b"], 12, size=16)
+    (folder / "a" / "0003.png").write_bytes(b"not an image at all")
+    experiment = {
+        "model": {"name": "resnet18", "options": {"stem": "cifar"}},
+        "data": {"dataset": "folder", "path": str(folder), "image_size": 16, "batch_size": 4, "val_fraction": 0.25},
+        "training": {"epochs": 1},
+    }
+    config = parse_config({"seed": 0, "experiments": [{"name": "first", **experiment}, {"name": "second", **experiment}]})
+    started = _record_process_starts(monkeypatch)
+    with pytest.raises(TriptychError, match="0003.png"):
+        run_config(config, tmp_path / "out", RunOptions(report=False), log=lambda line: None)
+    assert len(started) == 2
+    assert all(process.poll() is not None for _, process in started)
+    assert not (tmp_path / "out" / "second").exists()
 
 
 @pytest.mark.slow

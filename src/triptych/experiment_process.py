@@ -22,11 +22,15 @@ from triptych.runner import run_experiment_here  # noqa: E402
 
 
 def main() -> int:
-    request = json.loads(sys.stdin.read())
+    text = sys.stdin.read()  # a process started ahead of its experiment waits here
+    if not text:
+        return 0  # the parent ended without an experiment for this process
+    request = json.loads(text)
     exp = ExperimentConfig.model_validate(request["experiment"])
     try:
         run_experiment_here(
-            exp, Path(request["out"]), seed=request["seed"], resume=request["resume"], threads=request["threads"]
+            exp, Path(request["out"]), seed=request["seed"], resume=request["resume"], threads=request["threads"],
+            sent=request.get("sent"),
         )
     except errors.TriptychError as err:
         kind = type(err).__name__ if hasattr(errors, type(err).__name__) else "TriptychError"

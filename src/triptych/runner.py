@@ -54,7 +54,7 @@ from triptych.io import (
     remove_stale_temp_files,
     storage_error,
 )
-from triptych.isolation import run_experiment_in_child
+from triptych.isolation import ExperimentProcesses
 from triptych.models import ModelSpec, build, get_spec, weights_origin
 from triptych.models.forward import forward_function
 from triptych.models.fused_batchnorm import AUTO as FUSED_AUTO
@@ -144,12 +144,15 @@ def run_config(config: Config, out: str | Path, options: RunOptions = RunOptions
     prepare_output_dir(out, resume=options.resume, overwrite=options.overwrite)
     done_before = {run.name for run in experiment_dirs(out) if run.is_done()}
     kind = options.track or config.tracking
-    with tracking.start(config, out, kind=kind if is_chief() else "none") as tracker:
+    with tracking.start(config, out, kind=kind if is_chief() else "none") as tracker, \
+            ExperimentProcesses(options.threads) as processes:
         runs = []
         planned = expand_repeats(config)
+        # Experiments that will need a process (a resumed run skips those done before).
+        to_run = [i for i, (exp, _) in enumerate(planned) if not (options.resume and exp.name in done_before)]
         for index, (exp, seed) in enumerate(planned):
             exp = with_budget_share(exp, out, clock, [e for e, _ in planned[index:]])
-            runs.append(_run_one(exp, out, seed, options, log))
+            runs.append(_run_one(exp, out, seed, options, log, processes, next_one=any(i > index for i in to_run)))
             if exp.name not in done_before:
                 tracker.log_experiment(runs[-1].root)
         report = None
@@ -190,20 +193,29 @@ def with_budget_share(
     return exp.model_copy(update={"training": exp.training.model_copy(update={"time_budget": share})})
 
 
-def _run_one(exp: ExperimentConfig, out: Path, seed: int, options: RunOptions, log: Log) -> RunDir:
+def _run_one(
+    exp: ExperimentConfig, out: Path, seed: int, options: RunOptions, log: Log, processes: ExperimentProcesses,
+    *, next_one: bool,
+) -> RunDir:
+    """``exp`` in this process or (isolate) in its own; ``next_one``: another experiment's process follows."""
     if not options.isolate:
         return run_experiment(exp, out, seed=seed, resume=options.resume, log=log)
     if options.resume and RunDir(out / exp.name).is_done():
         log(f"[{exp.name}] already done, skipped")  # no process started just to say so
         return RunDir(out / exp.name)
-    return RunDir(run_experiment_in_child(exp, out, seed=seed, resume=options.resume, threads=options.threads))
+    return RunDir(processes.run(exp, out, seed=seed, resume=options.resume, next_one=next_one))
 
 
-def run_experiment_here(exp: ExperimentConfig, out: Path, *, seed: int, resume: bool, threads: int | None) -> RunDir:
-    """One experiment in this (fresh) process, as :mod:`triptych.isolation`'s child runs it."""
+def run_experiment_here(
+    exp: ExperimentConfig, out: Path, *, seed: int, resume: bool, threads: int | None, sent: float | None = None
+) -> RunDir:
+    """One experiment in this (fresh) process, as :mod:`triptych.isolation`'s child runs it; ``sent``
+    (``time.time()``) is when the parent handed it over."""
     set_threads(threads)
     init_strategies([exp.training.strategy])  # before TensorFlow runs anything
-    started = psutil.Process().create_time()  # a time budget counts this process's start-up too
+    # A time budget counts this process's start-up too, unless it started ahead, while the previous
+    # experiment ran (that time is the previous one's): then it counts from the hand-over.
+    started = max(psutil.Process().create_time(), sent or 0.0)
     return run_experiment(exp, out, seed=seed, resume=resume, log=lambda line: print(line, flush=True), started=started)
 
 
