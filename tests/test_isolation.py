@@ -72,10 +72,12 @@ def test_a_failed_experiment_leaves_no_waiting_process_behind(tmp_path, monkeypa
     }
     config = parse_config({"seed": 0, "experiments": [{"name": "first", **experiment}, {"name": "second", **experiment}]})
     started = _record_process_starts(monkeypatch)
-    with pytest.raises(TriptychError, match="0003.png"):
-        run_config(config, tmp_path / "out", RunOptions(report=False), log=lambda line: None)
+    with pytest.raises(TriptychError, match="0003.png"), isolation.ExperimentProcesses() as processes:
+        processes.start_next()  # as the CLI does before it imports TensorFlow: the first experiment runs in it
+        run_config(config, tmp_path / "out", RunOptions(report=False), log=lambda line: None, processes=processes)
     assert len(started) == 2
-    assert all(process.poll() is not None for _, process in started)
+    # The first ran (and stopped on the bad image: a user error); the second, never used, was killed.
+    assert [process.poll() for _, process in started] == [isolation.EXIT_USER_ERROR, -9]
     assert not (tmp_path / "out" / "second").exists()
 
 

@@ -69,6 +69,12 @@ class ExperimentProcesses:
             self._spare.wait()
             self._spare = None
 
+    def start_next(self) -> None:
+        """Start the process the next :meth:`run` will use, now (e.g. before the caller imports TensorFlow
+        itself: the two imports then share the cores). Stopped on leaving the context if no run uses it."""
+        if self._spare is None:
+            self._spare = _start_child()
+
     def run(self, exp: ExperimentConfig, out: Path, *, seed: int, resume: bool, next_one: bool = False) -> Path:
         """Run ``exp`` in the waiting process (or a new one); its run directory."""
         process, self._spare = self._spare or _start_child(), None
@@ -84,7 +90,7 @@ class ExperimentProcesses:
                 "sent": time.time(),  # where a waiting process's time budget starts counting
             }
             if next_one:
-                self._spare = _start_child()
+                self.start_next()
             code = _serve(process, json.dumps(request))
             if code == 0:
                 return Path(out) / exp.name

@@ -123,9 +123,15 @@ class RunOptions:
     budget: str | float | None = None
 
 
-def run_config(config: Config, out: str | Path, options: RunOptions = RunOptions(), log: Log = print) -> list[RunDir]:
+def run_config(
+    config: Config, out: str | Path, options: RunOptions = RunOptions(), log: Log = print,
+    processes: ExperimentProcesses | None = None,
+) -> list[RunDir]:
     """Run every experiment of ``config`` into ``out/<experiment>/`` (a repeated one into
-    ``out/<experiment>@s<seed>/``, see :mod:`triptych.repeats`) and write ``out/report.html``."""
+    ``out/<experiment>@s<seed>/``, see :mod:`triptych.repeats`) and write ``out/report.html``.
+
+    ``processes``: the experiments' processes (``options.isolate``), for a caller that started the first
+    one early (the CLI does, before it imports TensorFlow); by default run_config starts its own."""
     validate_experiments(config)  # a mistake in any experiment stops the run before the first trains
     if options.threads is not None and options.threads < 1:
         raise InvalidArgumentError(f"threads must be at least 1, got {options.threads}")
@@ -145,7 +151,7 @@ def run_config(config: Config, out: str | Path, options: RunOptions = RunOptions
     done_before = {run.name for run in experiment_dirs(out) if run.is_done()}
     kind = options.track or config.tracking
     with tracking.start(config, out, kind=kind if is_chief() else "none") as tracker, \
-            ExperimentProcesses(options.threads) as processes:
+            (processes or ExperimentProcesses(options.threads)) as processes:
         runs = []
         planned = expand_repeats(config)
         # Experiments that will need a process (a resumed run skips those done before).
