@@ -38,13 +38,19 @@ def test_peak_memory_is_per_experiment_not_inherited(cifar_mirror, tmp_path, mon
         _experiment("tiny", {"name": "resnet18", "options": {"stem": "cifar"}}, 16, 4, 8),
     ]})
     started = _record_process_starts(monkeypatch)
-    runs = run_config(config, tmp_path / "out", RunOptions(report=False), log=lambda line: None)
+    runs = run_config(config, tmp_path / "out", RunOptions(), log=lambda line: None)
     peaks = {run.name: json.loads(run.manifest.read_text())["peak_rss_mb"] for run in runs}
     assert peaks["tiny"] < peaks["big"] - 100, peaks
     # The second experiment's process started while the first ran (its imports overlapped it), and no other.
-    big_finished = datetime.fromisoformat(json.loads(runs[0].manifest.read_text())["finished"]).timestamp()
+    big_finished, tiny_finished = (datetime.fromisoformat(json.loads(run.manifest.read_text())["finished"]).timestamp()
+                                   for run in runs)
     assert len(started) == 2 and started[1][0] < big_finished
     assert all(process.returncode == 0 for _, process in started)
+    # The report's diagrams were drawn while the last experiment ran, and the report has them.
+    diagrams = sorted((tmp_path / "out" / "diagrams").glob("*.svg"))
+    assert [d.name for d in diagrams] == ["resnet18.svg", "resnet50.svg"]
+    assert all(d.stat().st_mtime < tiny_finished + 1 for d in diagrams)  # the record keeps whole seconds
+    assert "resnet18" in (tmp_path / "out" / "report.html").read_text()
 
 
 def _record_process_starts(monkeypatch) -> list[tuple[float, subprocess.Popen]]:

@@ -402,3 +402,33 @@ def test_recipe_and_balanced_accuracy_are_shown(tmp_path, monkeypatch):
     plain = section(html, "run-off")
     assert "<th>augmentation</th>" in plain
     assert not any(f"<th>{row}</th>" in plain for row in ("weight average", "class weights", "test-time augmentation"))
+
+
+def test_figures_rendered_ahead_are_used_and_found_by_content(tmp_path, monkeypatch):
+    """A FigureCache filled while experiments run spares the report every render of those runs, and a
+    run whose history changed afterwards is drawn again, not shown with its old curves."""
+    import triptych.reporting.report as report_module
+    from triptych.reporting import FigureCache, build_report
+
+    write_synthetic_run(tmp_path, "a", model="resnet50", skill=1.0, seed=1)
+    write_synthetic_run(tmp_path, "b", model="xception", skill=2.0, seed=2)
+    renders = []
+    real_render = report_module.render
+    monkeypatch.setattr(report_module, "render", lambda fig, *a, **k: renders.append(fig) or real_render(fig, *a, **k))
+    cache = FigureCache()
+    cache.add_run(tmp_path / "a")
+    cache.add_run(tmp_path / "b")
+    ahead = len(renders)
+    assert ahead == 14  # 7 figures a run
+    build_report([tmp_path], tmp_path / "report.html", figures=cache)
+    assert len(renders) == ahead + 2  # the two comparison figures only
+    with_cache = (tmp_path / "report_plots" / "a" / "confusion_matrix.png").read_bytes()
+    history = tmp_path / "b" / "history.csv"
+    frame = pd.read_csv(history)
+    frame.loc[0, "accuracy"] = 0.01
+    frame.to_csv(history, index=False)
+    build_report([tmp_path], tmp_path / "report2.html", figures=cache)
+    assert len(renders) == ahead + 2 + 7 + 2  # b's figures again (its history changed), comparison again
+    plain = build_report([tmp_path], tmp_path / "report3.html")
+    assert (tmp_path / "report3_plots" / "a" / "confusion_matrix.png").read_bytes() == with_cache
+    assert plain.is_file()
