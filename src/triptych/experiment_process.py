@@ -9,6 +9,7 @@ raise the same exception: one line, as if the experiment had run in the parent.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -41,5 +42,16 @@ def main() -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown: with TensorFlow loaded it takes ~3.5 s
+    (measured on 2 cores after a Keras fit), and the parent waits for it before the next experiment.
+    Nothing is lost by skipping it: the run's files are written (and closed) atomically before main
+    returns, and the child's output is flushed here."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
