@@ -43,14 +43,6 @@ class ExperimentCrashed(TriptychError, RuntimeError):
     """An experiment's child process died of a bug or a signal (its traceback, if any, is above)."""
 
 
-def run_experiment_in_child(
-    exp: ExperimentConfig, out: Path, *, seed: int, resume: bool, threads: int | None = None
-) -> Path:
-    """Run ``triptych.runner.run_experiment`` for ``exp`` in a fresh Python process; returns its run directory."""
-    with ExperimentProcesses(threads) as processes:
-        return processes.run(exp, out, seed=seed, resume=resume)
-
-
 class ExperimentProcesses:
     """Runs experiments one at a time, each in a fresh process; with ``next_one=True`` :meth:`run`
     also starts the process the next experiment will use, so that its imports overlap this one.

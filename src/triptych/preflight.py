@@ -32,6 +32,15 @@ def validate_experiments(config: Config) -> None:
         _check_class_weight(exp)
 
 
+def runs_in_one_process(config: Config) -> bool:
+    """Whether the config's experiments all run in the calling process rather than one process each:
+    under ``strategy: multiworker``. TF_CONFIG fixes each worker's port, and a worker that ends an
+    experiment first would start the next one's process while another worker's previous process still
+    serves that port (e.g. drawing Grad-CAM, which needs no collective): the new strategy would then join
+    a cluster of mixed incarnations, refused or hung. One process keeps one strategy for every experiment."""
+    return any(exp.training.strategy == "multiworker" for exp in config.experiments)
+
+
 def check_budget(config: Config, budget: str | float | None) -> float | None:
     """A whole config's budget in seconds (``budget``, e.g. '10m', else ``config.time_budget``; None
     without either), refused where it cannot apply."""

@@ -120,6 +120,12 @@ class TrunkCacheInfo(_Record):
     seconds: float
 
 
+# RunRecord.predicted_from: how the test predictions were computed.
+PREDICTED_FROM_IMAGES = "images"  # the test images through the whole model
+# The fine-tuned top on the frozen trunk's float16 activations of the test images (training.trunk_cache).
+PREDICTED_FROM_TRUNK_CACHE = "trunk cache"
+
+
 class RunRecord(_Record):
     """``manifest.json``: everything a run records about itself, written by the runner alone.
 
@@ -155,9 +161,7 @@ class RunRecord(_Record):
     best_epoch: int | None = None
     train_seconds: float | None = None  # the epochs in history.csv (every session) plus feature and trunk extraction
     predict_seconds: float | None = None
-    # How the test predictions were computed: "images" (through the whole model) or "trunk cache" (the
-    # fine-tuned top on the frozen trunk's float16 activations of the test images, see training.trunk_cache).
-    predicted_from: str | None = None
+    predicted_from: str | None = None  # PREDICTED_FROM_IMAGES or PREDICTED_FROM_TRUNK_CACHE
     peak_rss_mb: float | None = None
 
 

@@ -67,6 +67,7 @@ from triptych.preflight import (
     frozen_base_phase,
     check_budget,
     prepare_output_dir,
+    runs_in_one_process,
     validate_experiments,
     weight_candidates,
 )
@@ -74,6 +75,8 @@ from triptych.provenance import git_sha, package_versions, peak_rss_mb, utc_now
 from triptych.repeats import expand_repeats
 from triptych.reporting import FigureCache, build_report
 from triptych.rundir import (
+    PREDICTED_FROM_IMAGES,
+    PREDICTED_FROM_TRUNK_CACHE,
     STATUS_DONE,
     STATUS_FAILED,
     STATUS_RUNNING,
@@ -138,11 +141,7 @@ def run_config(
         raise InvalidArgumentError(f"threads must be at least 1, got {options.threads}")
     clock = budget_clock(config, options)
     strategies = [exp.training.strategy for exp in config.experiments]
-    if "multiworker" in strategies:
-        # In-process, not a process per experiment: TF_CONFIG fixes each worker's port, and a worker that ends
-        # an experiment first would start the next one's process while another worker's previous process still
-        # serves that port (e.g. drawing Grad-CAM, which needs no collective): the new strategy would then join
-        # a cluster of mixed incarnations, refused or hung. One process keeps one strategy for every experiment.
+    if runs_in_one_process(config):
         options = replace(options, isolate=False)
     if not options.isolate:
         set_threads(options.threads)
@@ -649,10 +648,6 @@ class Evaluation:
     predicted_from: str  # PREDICTED_FROM_IMAGES or PREDICTED_FROM_TRUNK_CACHE
 
 
-PREDICTED_FROM_IMAGES = "images"  # the test images through the whole model
-PREDICTED_FROM_TRUNK_CACHE = "trunk cache"  # the fine-tuned top on the frozen trunk's cached activations
-
-
 def evaluate(run: RunDir, exp: ExperimentConfig, built: BuiltModel, inputs: PhaseData, splits: Splits,
              result: TrainResult) -> Evaluation:
     """The best epoch's model saved, its test predictions, and their metrics."""
@@ -661,13 +656,13 @@ def evaluate(run: RunDir, exp: ExperimentConfig, built: BuiltModel, inputs: Phas
         load_model_weights(model, run.best_weights)
     save_for_inference(model, run.model)
     started = time.perf_counter()
-    probabilities, predicted_from = None, PREDICTED_FROM_IMAGES
+    probabilities = None
     # Phase 2 trained the top on the trunk cache: its test images go through the same cache (kept for a
     # rerun). Test-time augmentation and tf.distribute's sharded predict need the images themselves.
     if result.trunk_cache is not None and exp.data.tta == "none" and exp.training.strategy == "default":
         probabilities = trunk_test_probabilities(model, exp, inputs, built.weights_origin,
                                                  test_fingerprint=fingerprint(splits.test), num_test=len(splits.test))
-        predicted_from = PREDICTED_FROM_IMAGES if probabilities is None else PREDICTED_FROM_TRUNK_CACHE
+    predicted_from = PREDICTED_FROM_IMAGES if probabilities is None else PREDICTED_FROM_TRUNK_CACHE
     if probabilities is None:
         predict = partial(predict_probabilities, model, strategy=exp.training.strategy)
         probabilities = predict_with_tta(predict, inputs.make("test", False), exp.data.tta)

@@ -9,7 +9,7 @@ from triptych.config import load_config
 from triptych.errors import TriptychError
 from triptych.io import storage_error
 from triptych.isolation import ExperimentProcesses
-from triptych.preflight import check_budget, validate_experiments
+from triptych.preflight import check_budget, runs_in_one_process, validate_experiments
 
 DESCRIPTION = """\
 Train and evaluate every experiment in a YAML config. Each experiment gets DIR/<name>/ with
@@ -81,7 +81,7 @@ def execute(args: argparse.Namespace) -> int:
     check_budget(config, args.budget)
     with ExperimentProcesses(args.threads) as processes:
         # The first experiment's process imports TensorFlow while this one does (~6 s each, on two cores).
-        if "multiworker" not in {exp.training.strategy for exp in config.experiments}:  # those run in-process
+        if not runs_in_one_process(config):
             processes.start_next()
         from triptych.runner import RunOptions, run_config  # loads TensorFlow
 

@@ -42,6 +42,7 @@ from triptych.reporting.plots import (
 )
 from triptych.reporting.runs import EmbeddedFigure, RunView, load_views
 from triptych.rundir import (
+    PREDICTED_FROM_TRUNK_CACHE,
     STATUS_DONE,
     STATUS_FAILED,
     STATUS_RUNNING,
@@ -78,11 +79,12 @@ class FigureCache:
     def figures(self, view: RunView) -> dict[str, Rendered]:
         """``view``'s figures by name, rendered now unless they were before."""
         history = "" if view.history is None else view.history.to_csv(index=False)
-        key = hashlib.sha256(json.dumps([view.metrics, history, view.label], sort_keys=True, default=str).encode())
-        if key.hexdigest() not in self._rendered:
+        shown = json.dumps([view.metrics, history, view.label], sort_keys=True, default=str)
+        key = hashlib.sha256(shown.encode()).hexdigest()
+        if key not in self._rendered:
             figures = run_figures(view.metrics, view.history, view.label)
-            self._rendered[key.hexdigest()] = {name: render(fig) for name, fig in figures.items()}
-        return self._rendered[key.hexdigest()]
+            self._rendered[key] = {name: render(fig) for name, fig in figures.items()}
+        return self._rendered[key]
 
 
 def build_report(
@@ -347,7 +349,7 @@ def _trunk_cache_text(cache: TrunkCacheInfo) -> str:
 
 
 def _predicted_from_text(predicted_from: str | None) -> str | None:
-    if predicted_from != "trunk cache":
+    if predicted_from != PREDICTED_FROM_TRUNK_CACHE:
         return None  # the ordinary way needs no note
     return ("the fine-tuned top on the frozen trunk's cached float16 activations of the test images "
             "(the same numbers as the whole model, up to float16 rounding)")
